@@ -1,0 +1,59 @@
+"""Stage 1 end to end on the shipped teacher, through the real entry point."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vip.models.motion_unet import MotionUNetModel
+from vip.models.registry import SHIPPED_TEACHER
+from vip.steps.select import choose, deltas
+from vip.store import read_h5
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _stage(run_dir, *extra):
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--stage", "1", "--config",
+                           str(ROOT / "configs" / "toyvid.yaml"), "--run-dir", str(run_dir), *extra],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_stage1_on_shipped_teacher(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["prompts.eval_count=12", "model.steps=10", "loo.batch_size=12", "loo.units_per_task=6",
+            "runtime.progress=false"]
+    r = _stage(run_dir, *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    teacher = MotionUNetModel.load(SHIPPED_TEACHER)
+    units = teacher.units()
+
+    merged, attrs = read_h5(run_dir / "stage1" / "loo.h5")
+    variants = merged["variants"].tolist()
+    assert merged["scores"].shape == (1 + len(units), 12, 4)
+    assert sorted(variants[1:]) == sorted(units)
+    assert np.all((merged["scores"] >= 1) & (merged["scores"] <= 4))
+
+    sel = json.loads((run_dir / "stage1" / "selection.json").read_text())
+    assert sel["chosen"] == choose(deltas(merged["scores"], variants), 4).chosen
+    assert len(sel["chosen"]) == 4
+    student = MotionUNetModel.load(run_dir / "stage1" / "pruned")
+    assert sorted(student.units()) == sorted(set(units) - set(sel["chosen"]))
+    assert student.num_params() == teacher.num_params() - sum(sel["unit_params"][u] for u in sel["chosen"])
+
+    # the printed table lists every unit with its Δ and marks the chosen ones
+    table = [line for line in r.stdout.splitlines() if "motion_modules" in line]
+    assert len(table) == len(units)
+    for line in table:
+        unit = line.split()[0]
+        assert line.rstrip().endswith("yes") == (unit in sel["chosen"])
+        assert float(line.split()[5]) == pytest.approx(sel["delta"][unit]["total"], abs=6e-4)
+
+    # status reads the files only and reports everything done
+    s = _stage(run_dir, "--status", *args)
+    assert s.returncode == 0
+    assert "loo     done" in s.stdout and "select  done" in s.stdout
+    assert all(u in s.stdout for u in sel["chosen"])

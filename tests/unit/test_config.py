@@ -1,0 +1,108 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vip import config
+from vip.config import ConfigError
+from vip.store import RunDir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_yaml_and_overrides_resolve_with_types(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("select:\n  k: 3\nmodel:\n  guidance: 2\n")
+    cfg = config.load(f, ["loo.batch_size=5", "loo.units=down_blocks.0.motion_modules.0,mid_block.motion_modules.0",
+                          "run.name=abc"])
+    assert cfg.select.k == 3
+    assert cfg.model.guidance == 2.0 and isinstance(cfg.model.guidance, float)
+    assert cfg.loo.batch_size == 5
+    assert cfg.loo.units == ["down_blocks.0.motion_modules.0", "mid_block.motion_modules.0"]
+    assert cfg.run.name == "abc"
+
+
+def test_shipped_config_is_the_default():
+    assert config.load(ROOT / "configs" / "toyvid.yaml").hash() == config.load(ROOT / "configs" / "toyvid.yaml").hash()
+    cfg = config.load(ROOT / "configs" / "toyvid.yaml")
+    assert cfg.select.k == 4 and cfg.model.backbone == "toyvid"
+
+
+@pytest.mark.parametrize("override, words", [
+    (["select.kk=3"], ["select.kk", "k"]),
+    (["nosuch.k=3"], ["nosuch"]),
+    (["select.k=four"], ["select.k", "int", "four"]),
+    (["select.k=0"], ["select.k", "at least 1"]),
+    (["model.guidance=true"], ["model.guidance", "float"]),
+    (["selectk=3"], ["section.key=value"]),
+])
+def test_bad_keys_and_types_name_the_key(override, words):
+    with pytest.raises(ConfigError) as e:
+        config.load(None, override)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("select: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(bad)
+
+
+def test_hash_ignores_runtime_only():
+    a = config.load(None)
+    assert a.hash() == config.load(None, ["runtime.progress=false", "runtime.threads=1"]).hash()
+    assert a.hash() != config.load(None, ["select.k=3"]).hash()
+
+
+def test_run_dir_freezes_and_refuses_another_config(tmp_path):
+    run = RunDir(tmp_path / "r")
+    cfg = config.load(None)
+    run.freeze(cfg)
+    saved = yaml.safe_load((run.path / "config.yaml").read_text())
+    assert config.from_dict(saved).hash() == cfg.hash()
+    assert (run.path / "config.sha256").read_text().strip() == cfg.hash()
+    run.freeze(config.load(None, ["runtime.progress=false"]))  # same science, fine
+    with pytest.raises(ConfigError, match="--run-dir"):
+        run.freeze(config.load(None, ["select.k=2"]))
+
+
+def test_unwritable_run_dir_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot be written"):
+        RunDir(blocker / "run").freeze(config.load(None))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["select.kk=1"], "select.kk"),
+    (["model.backbone=sdxl"], "model.backbone"),
+    (["reward.name=clip"], "reward.name"),
+    (["select.k=99"], "select.k"),
+    (["loo.units=down_blocks.9.motion_modules.0"], "down_blocks.9.motion_modules.0"),
+    (["prompts.eval=/nonexistent/prompts.txt"], "/nonexistent/prompts.txt"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, untrained_dir, args, words):
+    run_dir = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--stage", "1", "--run-dir", str(run_dir),
+                        f"model.path={untrained_dir}", *args], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
+    assert not run_dir.exists()
+
+
+def test_cli_refuses_existing_run_with_other_config(tmp_path, untrained_dir):
+    run = RunDir(tmp_path / "run")
+    run.freeze(config.load(ROOT / "configs" / "toyvid.yaml", [f"model.path={untrained_dir}"]))
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--run-dir", str(run.path),
+                        f"model.path={untrained_dir}", "select.k=2"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "another config" in r.stderr and "--run-dir" in r.stderr
+    assert not (run.path / "stage1").exists()

@@ -1,0 +1,82 @@
+"""Prompt sets: built-in ones and files (.txt one prompt per line; .csv / .jsonl with a `prompt` column)."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vip.config import ConfigError
+from vip.toyvid import world
+
+
+
+def _toyvid_balanced() -> list[str]:
+    """The grammar in an order whose every prefix is balanced over colour, shape, motion and
+    background: greedily take the prompt whose factor values have been used least so far."""
+    remaining = world.all_prompts()
+    counts: dict[tuple[str, str], int] = {}
+    order = []
+    while remaining:
+        def load(p):
+            return sum(counts.get((f, getattr(p, f)), 0) ** 2 for f in ("colour", "shape", "motion", "background"))
+        best = min(remaining, key=load)  # min keeps the first of equals: deterministic
+        remaining.remove(best)
+        order.append(best.text)
+        for f in ("colour", "shape", "motion", "background"):
+            counts[(f, getattr(best, f))] = counts.get((f, getattr(best, f)), 0) + 1
+    return order
+
+
+BUILTIN = {"toyvid": _toyvid_balanced}
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Fixed prompts and seeds: sample i is (prompts[i], seeds[i])."""
+
+    prompts: list[str]
+    seeds: list[int]
+    prompt_ids: list[int]  # index of each prompt in its source set
+
+
+def read_prompt_file(path: Path, key: str = "prompts.eval") -> list[str]:
+    if not path.is_file():
+        raise ConfigError(f"{key}: prompt file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            with path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            if rows and "prompt" not in rows[0]:
+                raise ConfigError(f"{key}: {str(path)!r} has no 'prompt' column (columns: {list(rows[0])})")
+            prompts = [r["prompt"] for r in rows]
+        elif suffix == ".jsonl":
+            prompts = []
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    row = json.loads(line)
+                    if "prompt" not in row:
+                        raise ConfigError(f"{key}: {str(path)!r} line {n} has no 'prompt' field")
+                    prompts.append(row["prompt"])
+        else:
+            prompts = path.read_text().splitlines()
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
+        raise ConfigError(f"{key}: cannot read prompt file {str(path)!r}: {e}") from None
+    prompts = [p.strip() for p in prompts if p.strip()]
+    if not prompts:
+        raise ConfigError(f"{key}: prompt file {str(path)!r} holds no prompts (expected one per line)")
+    return prompts
+
+
+def load_prompts(spec: str, key: str = "prompts.eval") -> list[str]:
+    if spec in BUILTIN:
+        return BUILTIN[spec]()
+    return read_prompt_file(Path(spec), key)
+
+
+def eval_set(spec: str, count: int, seeds_per_prompt: int, seed_base: int) -> EvalSet:
+    prompts = load_prompts(spec)
+    ids = list(range(len(prompts) if count == 0 else min(count, len(prompts))))  # the first `count`
+    rows = [(prompts[i], seed_base + j * seeds_per_prompt + s, i) for j, i in enumerate(ids) for s in range(seeds_per_prompt)]
+    return EvalSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])

@@ -1,0 +1,72 @@
+"""What every step of a stage needs: the run directory, the config, and lazily loaded models.
+
+A task is a plain function call on a StageContext, so a local loop, a submitit array task
+or an sbatch script can all run it; nothing here knows how it was launched.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from vip.config import Config, ConfigError
+from vip.models.base import VideoModel
+from vip.models.registry import base_model_path, load_video_model
+from vip.prompts.sets import EvalSet, eval_set
+from vip.rewards.base import RewardModel
+from vip.rewards.registry import load_reward
+from vip.store import RunDir
+
+
+@dataclass
+class StageContext:
+    run: RunDir
+    cfg: Config
+    stage: int
+    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @property
+    def dir(self) -> Path:
+        return self.run.stage(self.stage)
+
+    def model_path(self) -> Path:
+        """Stage 1 prunes the base model; stage N prunes stage N-1's trained student."""
+        if self.stage == 1:
+            return base_model_path(self.cfg.model)
+        prev = self.run.stage(self.stage - 1) / "train" / "final"
+        if not (prev / "removed_units.json").is_file():
+            raise ConfigError(
+                f"stage {self.stage} starts from stage {self.stage - 1}'s trained student, which is not at {prev}; "
+                f"run stage {self.stage - 1} first"
+            )
+        return prev
+
+    @contextmanager
+    def timed(self, what: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[what] += time.perf_counter() - t0
+
+    @cached_property
+    def model(self) -> VideoModel:
+        if self.cfg.runtime.threads:
+            torch.set_num_threads(self.cfg.runtime.threads)
+        with self.timed("load"):
+            return load_video_model(self.cfg.model, self.model_path())
+
+    @cached_property
+    def reward(self) -> RewardModel:
+        with self.timed("load"):
+            return load_reward(self.cfg.reward)
+
+    @cached_property
+    def eval_set(self) -> EvalSet:
+        p = self.cfg.prompts
+        return eval_set(p.eval, p.eval_count, p.seeds_per_prompt, self.cfg.run.seed)

@@ -1,0 +1,126 @@
+"""Leave-one-out evaluation: V(M) and V(M - unit) for every unit, on fixed prompts and seeds.
+
+Work is split into tasks of (a few variants) x (a chunk of samples); a task loads the
+model once and switches units off in place. Each task writes one HDF5 shard; `merge`
+builds loo.h5 only when every shard is present and intact.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vip.evaluate import evaluate as score_samples
+from vip.rewards.base import ASPECTS
+from vip.steps.context import StageContext
+from vip.store import IncompleteError, ShardSet, atomic_write_json, read_h5, write_h5
+
+FULL = "<full>"  # the variant with nothing removed: V(M)
+
+
+def step_dir(ctx: StageContext) -> Path:
+    return ctx.dir / "loo"
+
+
+def shards(ctx: StageContext) -> ShardSet:
+    return ShardSet(step_dir(ctx))
+
+
+def merged_path(ctx: StageContext) -> Path:
+    return ctx.dir / "loo.h5"
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def units_to_evaluate(ctx: StageContext) -> list[str]:
+    wanted = ctx.cfg.loo.units
+    if wanted:
+        ctx.model.check_units(wanted)
+        return [u for u in ctx.model.units() if u in wanted]
+    return ctx.model.units()
+
+
+def plan(ctx: StageContext) -> list[dict]:
+    """The task list, written once to loo/tasks.json and read back on every later call,
+    so re-runs and array tasks agree on what task i is."""
+    path = step_dir(ctx) / "tasks.json"
+    if path.is_file():
+        return json.loads(path.read_text())["tasks"]
+    variants = [FULL] + units_to_evaluate(ctx)
+    n = len(ctx.eval_set.prompts)
+    per = ctx.cfg.loo.prompts_per_task or n
+    tasks = [
+        {"variants": vs, "samples": [lo, min(lo + per, n)]}
+        for vs in _chunks(variants, ctx.cfg.loo.units_per_task)
+        for lo in range(0, n, per)
+    ]
+    atomic_write_json(path, {"model": str(ctx.model_path()), "variants": variants, "samples": n, "tasks": tasks})
+    return tasks
+
+
+def missing(ctx: StageContext) -> list[int]:
+    return shards(ctx).missing(range(len(plan(ctx))))
+
+
+def evaluate(ctx: StageContext, units_off: list[str], lo: int, hi: int) -> np.ndarray:
+    """Scores [hi - lo, aspects] of the model with `units_off` disabled."""
+    es = ctx.eval_set
+    return score_samples(ctx.model, ctx.reward, es.prompts[lo:hi], es.seeds[lo:hi], ctx.cfg.loo.batch_size,
+                         units_off, timed=ctx.timed)
+
+
+def run_task(ctx: StageContext, index: int, progress=None) -> None:
+    task = plan(ctx)[index]
+    lo, hi = task["samples"]
+    scores = []
+    for variant in task["variants"]:
+        scores.append(evaluate(ctx, [] if variant == FULL else [variant], lo, hi))
+        if progress:
+            progress(1)
+    es = ctx.eval_set
+    with ctx.timed("write"):
+        shards(ctx).write(index, {
+            "scores": np.stack(scores).astype(np.float32),  # [variants, samples, aspects]
+            "variants": np.array(task["variants"]),
+            "sample_ids": np.arange(lo, hi),
+            "seeds": np.array(es.seeds[lo:hi]),
+        }, {"aspects": json.dumps(ASPECTS), "config_sha256": ctx.cfg.hash(), "task": index})
+
+
+def merge(ctx: StageContext) -> Path:
+    """loo.h5 = scores[variant, sample, aspect] over all tasks; refuses if any task is missing."""
+    tasks = plan(ctx)
+    meta = json.loads((step_dir(ctx) / "tasks.json").read_text())
+    variants = meta["variants"]
+    es = ctx.eval_set
+    full = np.full((len(variants), len(es.prompts), len(ASPECTS)), np.nan, dtype=np.float32)
+    for arrays, attrs in shards(ctx).read_all(list(range(len(tasks)))):
+        rows = [variants.index(v) for v in arrays["variants"]]
+        full[np.ix_(rows, arrays["sample_ids"])] = arrays["scores"]
+    if np.isnan(full).any():  # every (variant, sample) must come from exactly one shard
+        raise IncompleteError(f"merged leave-one-out scores have gaps in {step_dir(ctx)}; re-run the step")
+    params = ctx.model.unit_params()
+    write_h5(merged_path(ctx), {
+        "scores": full,
+        "variants": np.array(variants),
+        "prompts": np.array(es.prompts),
+        "prompt_ids": np.array(es.prompt_ids),
+        "seeds": np.array(es.seeds),
+        "unit_params": np.array([params.get(v, 0) for v in variants]),
+    }, {"aspects": json.dumps(ASPECTS), "config_sha256": ctx.cfg.hash(), "model": meta["model"],
+        "model_params": ctx.model.num_params()})
+    return merged_path(ctx)
+
+
+def is_done(ctx: StageContext) -> bool:
+    p = merged_path(ctx)
+    if not p.is_file():
+        return False
+    try:
+        _, attrs = read_h5(p)
+    except OSError:
+        return False
+    return attrs.get("config_sha256") == ctx.cfg.hash()

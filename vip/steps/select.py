@@ -1,0 +1,104 @@
+"""Unit selection (paper, supplement C.1): remove the k units whose removal harms least,
+taken from the intersection of the top of two rankings, by total score and by temporal
+consistency, so that a unit whose removal inflates dynamic degree while breaking
+consistency is not chosen."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vip.config import ConfigError
+from vip.rewards.base import ASPECTS
+from vip.steps.context import StageContext
+from vip.steps.loo import FULL, merged_path
+from vip.store import IncompleteError, atomic_write_json, read_h5
+
+TC = "temporal_consistency"
+
+
+@dataclass
+class Selection:
+    chosen: list[str]
+    n: int  # the smallest top-n whose intersection holds k units
+    by_total: list[str]
+    by_tc: list[str]
+    delta: dict[str, dict[str, float]]  # unit -> aspect -> V(M) - V(M - unit), and "total"
+
+
+def deltas(scores: np.ndarray, variants: list[str]) -> dict[str, dict[str, float]]:
+    """Δ_i per aspect = V(M) - V(M - i), averaged over samples; positive = removal hurts."""
+    full = scores[variants.index(FULL)].mean(0)
+    out = {}
+    for i, v in enumerate(variants):
+        if v == FULL:
+            continue
+        d = full - scores[i].mean(0)
+        out[v] = {a: float(d[j]) for j, a in enumerate(ASPECTS)}
+        out[v]["total"] = float(d.sum())
+    return out
+
+
+def rank(values: dict[str, float]) -> list[str]:
+    """Least harm first; ties broken by name so the order never depends on dict order."""
+    return sorted(values, key=lambda u: (values[u], u))
+
+
+def choose(delta: dict[str, dict[str, float]], k: int) -> Selection:
+    units = list(delta)
+    if not 1 <= k <= len(units):
+        raise ConfigError(f"config key 'select.k' is {k} but the model has {len(units)} prunable units left; "
+                          f"expected 1 to {len(units)}")
+    by_total = rank({u: delta[u]["total"] for u in units})
+    by_tc = rank({u: delta[u][TC] for u in units})
+    for n in range(k, len(units) + 1):
+        common = set(by_total[:n]) & set(by_tc[:n])
+        if len(common) >= k:
+            # at the smallest n the intersection may hold k+1: keep the best by total Δ
+            chosen = [u for u in by_total if u in common][:k]
+            return Selection(chosen, n, by_total, by_tc, delta)
+    raise AssertionError("unreachable: at n = len(units) the intersection is every unit")
+
+
+def selection_path(ctx: StageContext) -> Path:
+    return ctx.dir / "selection.json"
+
+
+def pruned_path(ctx: StageContext) -> Path:
+    return ctx.dir / "pruned"
+
+
+def run(ctx: StageContext) -> Selection:
+    if not merged_path(ctx).is_file():
+        raise IncompleteError(f"selection needs {merged_path(ctx)}; run leave-one-out evaluation and merge first")
+    arrays, attrs = read_h5(merged_path(ctx))
+    variants = [str(v) for v in arrays["variants"]]
+    sel = choose(deltas(arrays["scores"], variants), ctx.cfg.select.k)
+    params = dict(zip(variants, arrays["unit_params"].tolist()))
+    student = ctx.model.pruned(sel.chosen)
+    # the pruned student is saved first: selection.json is the step's completion mark
+    tmp = pruned_path(ctx).with_name("pruned.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    student.save(tmp)
+    if pruned_path(ctx).exists():
+        shutil.rmtree(pruned_path(ctx))
+    tmp.replace(pruned_path(ctx))
+    atomic_write_json(selection_path(ctx), {
+        **asdict(sel), "k": ctx.cfg.select.k, "unit_params": params,
+        "params_before": int(attrs["model_params"]), "params_after": student.num_params(),
+        "config_sha256": ctx.cfg.hash(),
+    })
+    return sel
+
+
+def load(ctx: StageContext) -> dict | None:
+    p = selection_path(ctx)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def is_done(ctx: StageContext) -> bool:
+    s = load(ctx)
+    return bool(s) and s.get("config_sha256") == ctx.cfg.hash() and pruned_path(ctx).is_dir()
