@@ -25,7 +25,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=SHIPPED_TEACHER)
     ap.add_argument("--prompts", type=int, default=72)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=1000, help="evaluation seeds (not those of stage runs)")
     ap.add_argument("--out", type=Path, default=Path("docs/teacher"))

@@ -17,6 +17,7 @@ from diffusers import DDIMScheduler, UNetMotionModel
 from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as hf_logging
 
 from vip.models.base import VideoModel
 from vip.models.codec import SpaceToDepth
@@ -119,7 +120,7 @@ class MotionUNetModel(VideoModel):
     def generate(self, prompts, seeds, steps=None, guidance=None) -> torch.Tensor:
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        steps = steps or self.meta.get("steps", 20)
+        steps = steps or self.meta.get("steps", 10)
         guidance = self.meta.get("guidance", 1.0) if guidance is None else guidance
         sched = copy.deepcopy(self.scheduler)  # set_timesteps mutates it
         sched.set_timesteps(steps)
@@ -141,7 +142,13 @@ class MotionUNetModel(VideoModel):
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         self.unet.save_pretrained(directory / "unet")
-        self.text_encoder.save_pretrained(directory / "text_encoder")
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a one-file "Writing model shards" bar is noise in our output
+        try:
+            self.text_encoder.save_pretrained(directory / "text_encoder")
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         self.tokenizer.save_pretrained(directory / "tokenizer")
         self.scheduler.save_pretrained(directory / "scheduler")
         (directory / "vip_model.json").write_text(json.dumps(self.meta, indent=2) + "\n")
