@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--executor", choices=["local"], help="overrides runtime.executor")
     ap.add_argument("--status", action="store_true", help="print what is done and missing; run nothing")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     overrides = list(args.overrides) + ([f"runtime.executor={args.executor}"] if args.executor else [])
 
     with fail_cleanly():

@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/toyvid.yaml")
     ap.add_argument("--variants", type=int, default=5, help="full model + this many minus one units")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     with fail_cleanly():
         cfg = vip_config.load(args.config, args.overrides)
         bench_loo(cfg, args.variants)

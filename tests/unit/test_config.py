@@ -88,6 +88,8 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
     (["select.k=99"], "select.k"),
     (["loo.units=down_blocks.9.motion_modules.0"], "down_blocks.9.motion_modules.0"),
     (["prompts.eval=/nonexistent/prompts.txt"], "/nonexistent/prompts.txt"),
+    (["model.path=/nonexistent/model"], "/nonexistent/model"),
+    (["model.path=/tmp"], "is not a toyvid model"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, untrained_dir, args, words):
     run_dir = tmp_path / "run"
@@ -97,6 +99,15 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, untrained_dir, a
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
     assert not run_dir.exists()
+
+
+def test_cli_empty_prompt_file_is_one_line(tmp_path, untrained_dir):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n")
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--run-dir", str(tmp_path / "run"),
+                        f"model.path={untrained_dir}", f"prompts.eval={empty}"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "holds no prompts" in r.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_refuses_existing_run_with_other_config(tmp_path, untrained_dir):

@@ -33,6 +33,18 @@ class SkippedUnit(nn.Module):
         return hidden_states
 
 
+@contextmanager
+def quiet_transformers():
+    """transformers draws a progress bar for one small file on every save and load: noise in our output."""
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _parent_and_index(root: nn.Module, name: str) -> tuple[nn.ModuleList, int]:
     parent_name, index = name.rsplit(".", 1)
     return root.get_submodule(parent_name), int(index)
@@ -142,13 +154,8 @@ class MotionUNetModel(VideoModel):
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         self.unet.save_pretrained(directory / "unet")
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a one-file "Writing model shards" bar is noise in our output
-        try:
+        with quiet_transformers():
             self.text_encoder.save_pretrained(directory / "text_encoder")
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
         self.tokenizer.save_pretrained(directory / "tokenizer")
         self.scheduler.save_pretrained(directory / "scheduler")
         (directory / "vip_model.json").write_text(json.dumps(self.meta, indent=2) + "\n")
@@ -164,7 +171,8 @@ class MotionUNetModel(VideoModel):
         unet = UNetMotionModel.from_config(UNetMotionModel.load_config(directory / "unet"))
         remove_units(unet, removed)
         unet.load_state_dict(load_file(directory / "unet" / "diffusion_pytorch_model.safetensors"), strict=True)
-        text_encoder = CLIPTextModel.from_pretrained(directory / "text_encoder")
+        with quiet_transformers():
+            text_encoder = CLIPTextModel.from_pretrained(directory / "text_encoder")
         tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")
         scheduler = DDIMScheduler.from_pretrained(directory / "scheduler")
         model = cls(unet.to(device), text_encoder.to(device), tokenizer, scheduler,

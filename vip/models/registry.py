@@ -12,6 +12,10 @@ SHIPPED_TEACHER = Path(__file__).resolve().parents[1] / "toyvid" / "weights" / "
 def _load_toyvid(path: Path, cfg: ModelConfig) -> VideoModel:
     from vip.models.motion_unet import MotionUNetModel
 
+    missing = [f for f in ("vip_model.json", "removed_units.json", "unet/config.json") if not (path / f).is_file()]
+    if missing:
+        raise ConfigError(f"model directory {str(path)!r} is not a toyvid model: {missing[0]} is missing "
+                          "(expected the layout MotionUNetModel.save writes)")
     model = MotionUNetModel.load(path, device=cfg.device)
     model.meta.update(steps=cfg.steps, guidance=cfg.guidance)
     return model
@@ -35,6 +39,6 @@ def base_model_path(cfg: ModelConfig) -> Path:
 
 def load_video_model(cfg: ModelConfig, path: Path) -> VideoModel:
     check_backbone(cfg.backbone)
-    if not (Path(path) / "vip_model.json").is_file() and not Path(path).is_dir():
+    if not Path(path).is_dir():
         raise ConfigError(f"model directory {str(path)!r} does not exist")
     return BACKBONES[cfg.backbone](Path(path), cfg)

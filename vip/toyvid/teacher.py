@@ -35,6 +35,7 @@ class TeacherConfig:
     checkpoint_minutes: float = 5.0
     max_minutes: float = 1e9  # when set, the cosine decay also finishes by this deadline
     device: str = "cpu"
+    init: str = ""  # start from a saved toyvid model (weights only: a fresh optimizer and schedule)
     workers: int = 0  # >0: render clips in DataLoader workers (for a GPU); 0: exact resume of the data stream
 
 
@@ -70,6 +71,11 @@ def train_teacher(cfg: TeacherConfig, workdir: Path, log=print) -> MotionUNetMod
     torch.manual_seed(cfg.seed)
     model = build_untrained()
     ema = build_untrained()
+    if cfg.init:
+        start_from = MotionUNetModel.load(Path(cfg.init))
+        for m in (model, ema):
+            m.unet.load_state_dict(start_from.unet.state_dict())
+            m.text_encoder.load_state_dict(start_from.text_encoder.state_dict())
     dev = torch.device(cfg.device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
