@@ -36,7 +36,7 @@ def main() -> None:
         ctx = driver.preflight(cfg, run, args.stage)
         selection = driver.run_stage(ctx)
         print(status.selection_table(selection))
-        print(f"\nrun directory: {run.path}")
+        print(f"\nchart: {run.stage(args.stage) / 'selection.png'}\nrun directory: {run.path}")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ def test_stage1_on_shipped_teacher(tmp_path):
         assert line.rstrip().endswith("yes") == (unit in sel["chosen"])
         assert float(line.split()[5]) == pytest.approx(sel["delta"][unit]["total"], abs=6e-4)
 
+    from PIL import Image
+    with Image.open(run_dir / "stage1" / "selection.png") as chart:  # the Δ chart a person looks at
+        assert chart.width > 600 and chart.height > 300
+
     # status reads the files only and reports everything done
     s = _stage(run_dir, "--status", *args)
     assert s.returncode == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vip.config import ConfigError
+from vip.plots import selection_chart
 from vip.rewards.base import ASPECTS
 from vip.steps.context import StageContext
 from vip.steps.loo import FULL, merged_path
@@ -63,6 +64,10 @@ def choose(delta: dict[str, dict[str, float]], k: int) -> Selection:
     raise AssertionError("unreachable: at n = len(units) the intersection is every unit")
 
 
+def chart_path(ctx: StageContext) -> Path:
+    return ctx.dir / "selection.png"
+
+
 def selection_path(ctx: StageContext) -> Path:
     return ctx.dir / "selection.json"
 
@@ -86,11 +91,14 @@ def run(ctx: StageContext) -> Selection:
     if pruned_path(ctx).exists():
         shutil.rmtree(pruned_path(ctx))
     tmp.replace(pruned_path(ctx))
-    atomic_write_json(selection_path(ctx), {
+    record = {
         **asdict(sel), "k": ctx.cfg.select.k, "unit_params": params,
         "params_before": int(attrs["model_params"]), "params_after": student.num_params(),
         "config_sha256": ctx.cfg.hash(),
-    })
+    }
+    selection_chart(record, chart_path(ctx), title=f"Stage {ctx.stage} leave-one-out: Δ per unit "
+                                                   f"(removed: top {sel.n} of both rankings)")
+    atomic_write_json(selection_path(ctx), record)
     return sel
 
 

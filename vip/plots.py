@@ -1,0 +1,47 @@
+"""Figures a person would rather look at than read. matplotlib only, Agg backend."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vip.rewards.base import ASPECTS  # noqa: E402
+
+COLOURS = {"visual_quality": "#4c72b0", "temporal_consistency": "#dd8452",
+           "dynamic_degree": "#55a868", "text_alignment": "#c44e52"}
+
+
+def selection_chart(selection: dict, path: Path, title: str = "") -> Path:
+    """Δ per unit per aspect (stacked bars, least harm on the left), chosen units marked."""
+    units = selection["by_total"]
+    x = np.arange(len(units))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(units) + 2), 4.2))
+    pos, neg = np.zeros(len(units)), np.zeros(len(units))
+    for a in ASPECTS:
+        v = np.array([selection["delta"][u][a] for u in units])
+        base = np.where(v >= 0, pos, neg)
+        ax.bar(x, v, bottom=base, color=COLOURS[a], label=a.replace("_", " "), width=0.7)
+        pos, neg = pos + np.clip(v, 0, None), neg + np.clip(v, None, 0)
+    ax.plot(x, [selection["delta"][u]["total"] for u in units], "k_", markersize=14, label="total Δ")
+    for i, u in enumerate(units):
+        if u in selection["chosen"]:
+            ax.axvspan(i - 0.5, i + 0.5, color="#e6e6e6", zorder=0,
+                       label="removed" if u == selection["chosen"][0] else None)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, [u.replace(".motion_modules.", ".mm") for u in units], rotation=60, ha="right", fontsize=8)
+    for tick, u in zip(ax.get_xticklabels(), units):
+        if u in selection["chosen"]:
+            tick.set_fontweight("bold")
+    ax.set_ylabel("Δ = V(M) − V(M − unit)\n(positive: removal hurts)")
+    ax.set_title(title or f"Leave-one-out: {len(selection['chosen'])} units removed from the top "
+                          f"{selection['n']} of both rankings")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
