@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")  # shared filesystems: readers must not block on writers
@@ -32,20 +33,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary name beside `path`; on success fsync it and rename it to `path`
+    (then fsync the folder), on error remove it. Readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -66,27 +75,15 @@ def sha256_file(path: Path) -> str:
 
 def write_h5(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     """Atomically write an HDF5 file of named arrays (str arrays as UTF-8) and attributes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, arr in arrays.items():
-                arr = np.asarray(arr)
-                if arr.dtype.kind in "US":
-                    f.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype())
-                else:
-                    f.create_dataset(name, data=arr)
-            for k, v in attrs.items():
-                f.attrs[k] = v
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, arr in arrays.items():
+            arr = np.asarray(arr)
+            if arr.dtype.kind in "US":
+                f.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype())
+            else:
+                f.create_dataset(name, data=arr)
+        for k, v in attrs.items():
+            f.attrs[k] = v
 
 
 def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict]:
