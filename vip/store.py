@@ -73,6 +73,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_tree(directory: Path) -> str:
+    """Content hash of a model directory (every file, by relative path), to tie results to weights."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(directory)).encode() + b"\0" + sha256_file(f).encode())
+    return h.hexdigest()
+
+
 def write_h5(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     """Atomically write an HDF5 file of named arrays (str arrays as UTF-8) and attributes."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:

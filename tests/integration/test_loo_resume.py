@@ -8,7 +8,8 @@ import pytest
 from vip import config
 from vip.orchestrate import driver
 from vip.steps import loo, select
-from vip.store import IncompleteError, RunDir, read_h5
+from vip.config import ConfigError
+from vip.store import IncompleteError, RunDir, read_h5, sha256_tree
 
 
 @pytest.fixture
@@ -54,6 +55,19 @@ def test_merge_refuses_and_names_missing_then_resume_redoes_only_that(ctx):
     row = merged["variants"].tolist().index("mid_block.motion_modules.0")
     np.testing.assert_allclose(merged["scores"][row], direct, atol=1e-5)
     assert attrs["config_sha256"] == ctx.cfg.hash()
+    assert attrs["model_sha256"] == ctx.model_sha256 == sha256_tree(ctx.model_path())
+    shard, shard_attrs = read_h5(shard_set.shard(0))
+    assert shard["prompt_ids"].tolist() == ctx.eval_set.prompt_ids[0:2]
+    assert shard_attrs["model_sha256"] == ctx.model_sha256
+
+
+def test_a_changed_model_is_refused_not_mixed(ctx):
+    loo.plan(ctx)
+    loo.run_task(ctx, 0)
+    ctx.model_sha256 = "0" * 64  # as if the weights on disk were replaced after planning
+    with pytest.raises(ConfigError, match="changed since stage 1 was planned"):
+        loo.run_task(ctx, 1)
+    assert loo.missing(ctx) == [1, 2, 3]
 
 
 def test_selection_from_merged_scores_and_pruned_student(ctx):

@@ -20,7 +20,7 @@ from vip.models.registry import base_model_path, load_video_model
 from vip.prompts.sets import EvalSet, eval_set
 from vip.rewards.base import RewardModel
 from vip.rewards.registry import load_reward
-from vip.store import RunDir
+from vip.store import RunDir, sha256_tree
 
 
 @dataclass
@@ -60,6 +60,10 @@ class StageContext:
             torch.set_num_threads(self.cfg.runtime.threads)
         with self.timed("load"):
             return load_video_model(self.cfg.model, self.model_path())
+
+    @cached_property
+    def model_sha256(self) -> str:
+        return sha256_tree(self.model_path())
 
     @cached_property
     def reward(self) -> RewardModel:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vip.config import ConfigError
 from vip.evaluate import evaluate as score_samples
 from vip.rewards.base import ASPECTS
 from vip.steps.context import StageContext
@@ -57,7 +58,8 @@ def plan(ctx: StageContext) -> list[dict]:
         for vs in _chunks(variants, ctx.cfg.loo.units_per_task)
         for lo in range(0, n, per)
     ]
-    atomic_write_json(path, {"model": str(ctx.model_path()), "variants": variants, "samples": n, "tasks": tasks})
+    atomic_write_json(path, {"model": str(ctx.model_path()), "model_sha256": ctx.model_sha256,
+                             "variants": variants, "samples": n, "tasks": tasks})
     return tasks
 
 
@@ -72,8 +74,15 @@ def evaluate(ctx: StageContext, units_off: list[str], lo: int, hi: int) -> np.nd
                          units_off, timed=ctx.timed)
 
 
+def _planned(ctx: StageContext) -> dict:
+    return json.loads((step_dir(ctx) / "tasks.json").read_text())
+
+
 def run_task(ctx: StageContext, index: int, progress=None) -> None:
     task = plan(ctx)[index]
+    if _planned(ctx)["model_sha256"] != ctx.model_sha256:
+        raise ConfigError(f"the model at {ctx.model_path()} changed since stage {ctx.stage} was planned; "
+                          "its leave-one-out scores would mix two models: start a new run with --run-dir")
     lo, hi = task["samples"]
     scores = []
     for variant in task["variants"]:
@@ -86,18 +95,23 @@ def run_task(ctx: StageContext, index: int, progress=None) -> None:
             "scores": np.stack(scores).astype(np.float32),  # [variants, samples, aspects]
             "variants": np.array(task["variants"]),
             "sample_ids": np.arange(lo, hi),
+            "prompt_ids": np.array(es.prompt_ids[lo:hi]),
             "seeds": np.array(es.seeds[lo:hi]),
-        }, {"aspects": json.dumps(ASPECTS), "config_sha256": ctx.cfg.hash(), "task": index})
+        }, {"aspects": json.dumps(ASPECTS), "config_sha256": ctx.cfg.hash(), "model_sha256": ctx.model_sha256,
+            "task": index})
 
 
 def merge(ctx: StageContext) -> Path:
     """loo.h5 = scores[variant, sample, aspect] over all tasks; refuses if any task is missing."""
     tasks = plan(ctx)
-    meta = json.loads((step_dir(ctx) / "tasks.json").read_text())
+    meta = _planned(ctx)
     variants = meta["variants"]
     es = ctx.eval_set
     full = np.full((len(variants), len(es.prompts), len(ASPECTS)), np.nan, dtype=np.float32)
-    for arrays, attrs in shards(ctx).read_all(list(range(len(tasks)))):
+    for i, (arrays, attrs) in enumerate(shards(ctx).read_all(list(range(len(tasks))))):
+        if attrs.get("model_sha256") != meta["model_sha256"]:
+            raise IncompleteError(f"{shards(ctx).shard(i)} was computed from other weights than {meta['model']}; "
+                                  "start a new run with --run-dir")
         rows = [variants.index(v) for v in arrays["variants"]]
         full[np.ix_(rows, arrays["sample_ids"])] = arrays["scores"]
     if np.isnan(full).any():  # every (variant, sample) must come from exactly one shard
@@ -111,7 +125,7 @@ def merge(ctx: StageContext) -> Path:
         "seeds": np.array(es.seeds),
         "unit_params": np.array([params.get(v, 0) for v in variants]),
     }, {"aspects": json.dumps(ASPECTS), "config_sha256": ctx.cfg.hash(), "model": meta["model"],
-        "model_params": ctx.model.num_params()})
+        "model_sha256": meta["model_sha256"], "model_params": ctx.model.num_params()})
     return merged_path(ctx)
 
 
