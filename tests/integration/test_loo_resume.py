@@ -23,14 +23,14 @@ def ctx(tmp_path, untrained_dir):
 
 
 def test_tasks_cover_every_variant_and_sample_once(ctx):
-    tasks = loo.plan(ctx)
+    tasks = loo.plan(ctx)["tasks"]
     covered = [(v, s) for t in tasks for v in t["variants"] for s in range(*t["samples"])]
     assert len(covered) == len(set(covered)) == 4 * 4  # (full + 3 units) x 4 samples
     assert len(tasks) == 4  # 2 variant groups x 2 prompt chunks
 
 
 def test_merge_refuses_and_names_missing_then_resume_redoes_only_that(ctx):
-    tasks = loo.plan(ctx)
+    tasks = loo.plan(ctx)["tasks"]
     for i in range(len(tasks)):
         loo.run_task(ctx, i)
     shard_set = loo.shards(ctx)

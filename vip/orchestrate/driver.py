@@ -31,7 +31,7 @@ def preflight(cfg: Config, run: RunDir, stage: int) -> StageContext:
 
 
 def run_loo(ctx: StageContext) -> None:
-    tasks = loo.plan(ctx)
+    tasks = loo.plan(ctx)["tasks"]
     todo = loo.missing(ctx)
     for i in todo:  # a task whose shard is truncated or mismatched is redone from scratch
         loo.shards(ctx).discard(i)

@@ -44,12 +44,12 @@ def units_to_evaluate(ctx: StageContext) -> list[str]:
     return ctx.model.units()
 
 
-def plan(ctx: StageContext) -> list[dict]:
-    """The task list, written once to loo/tasks.json and read back on every later call,
-    so re-runs and array tasks agree on what task i is."""
+def plan(ctx: StageContext) -> dict:
+    """The plan {model, model_sha256, variants, samples, tasks}, written once to loo/tasks.json
+    and read back on every later call, so re-runs and array tasks agree on what task i is."""
     path = step_dir(ctx) / "tasks.json"
     if path.is_file():
-        return json.loads(path.read_text())["tasks"]
+        return json.loads(path.read_text())
     variants = [FULL] + units_to_evaluate(ctx)
     n = len(ctx.eval_set.prompts)
     per = ctx.cfg.loo.prompts_per_task or n
@@ -58,13 +58,14 @@ def plan(ctx: StageContext) -> list[dict]:
         for vs in _chunks(variants, ctx.cfg.loo.units_per_task)
         for lo in range(0, n, per)
     ]
-    atomic_write_json(path, {"model": str(ctx.model_path()), "model_sha256": ctx.model_sha256,
-                             "variants": variants, "samples": n, "tasks": tasks})
-    return tasks
+    planned = {"model": str(ctx.model_path()), "model_sha256": ctx.model_sha256,
+               "variants": variants, "samples": n, "tasks": tasks}
+    atomic_write_json(path, planned)
+    return planned
 
 
 def missing(ctx: StageContext) -> list[int]:
-    return shards(ctx).missing(range(len(plan(ctx))))
+    return shards(ctx).missing(range(len(plan(ctx)["tasks"])))
 
 
 def evaluate(ctx: StageContext, units_off: list[str], lo: int, hi: int) -> np.ndarray:
@@ -74,13 +75,10 @@ def evaluate(ctx: StageContext, units_off: list[str], lo: int, hi: int) -> np.nd
                          units_off, timed=ctx.timed)
 
 
-def _planned(ctx: StageContext) -> dict:
-    return json.loads((step_dir(ctx) / "tasks.json").read_text())
-
-
 def run_task(ctx: StageContext, index: int, progress=None) -> None:
-    task = plan(ctx)[index]
-    if _planned(ctx)["model_sha256"] != ctx.model_sha256:
+    planned = plan(ctx)
+    task = planned["tasks"][index]
+    if planned["model_sha256"] != ctx.model_sha256:
         raise ConfigError(f"the model at {ctx.model_path()} changed since stage {ctx.stage} was planned; "
                           "its leave-one-out scores would mix two models: start a new run with --run-dir")
     lo, hi = task["samples"]
@@ -103,18 +101,17 @@ def run_task(ctx: StageContext, index: int, progress=None) -> None:
 
 def merge(ctx: StageContext) -> Path:
     """loo.h5 = scores[variant, sample, aspect] over all tasks; refuses if any task is missing."""
-    tasks = plan(ctx)
-    meta = _planned(ctx)
+    meta = plan(ctx)
     variants = meta["variants"]
     es = ctx.eval_set
     full = np.full((len(variants), len(es.prompts), len(ASPECTS)), np.nan, dtype=np.float32)
-    for i, (arrays, attrs) in enumerate(shards(ctx).read_all(list(range(len(tasks))))):
+    for i, (arrays, attrs) in enumerate(shards(ctx).read_all(list(range(len(meta["tasks"]))))):
         if attrs.get("model_sha256") != meta["model_sha256"]:
             raise IncompleteError(f"{shards(ctx).shard(i)} was computed from other weights than {meta['model']}; "
                                   "start a new run with --run-dir")
         rows = [variants.index(v) for v in arrays["variants"]]
         full[np.ix_(rows, arrays["sample_ids"])] = arrays["scores"]
-    if np.isnan(full).any():  # every (variant, sample) must come from exactly one shard
+    if np.isnan(full).any():  # every (variant, sample) cell must be covered by some shard
         raise IncompleteError(f"merged leave-one-out scores have gaps in {step_dir(ctx)}; re-run the step")
     params = ctx.model.unit_params()
     write_h5(merged_path(ctx), {
