@@ -15,7 +15,7 @@ from vip.evaluate import evaluate, mean_scores  # noqa: E402
 from vip.models.motion_unet import MotionUNetModel  # noqa: E402
 from vip.models.registry import SHIPPED_TEACHER  # noqa: E402
 from vip.prompts.sets import eval_set  # noqa: E402
-from vip.rewards.base import ASPECTS  # noqa: E402
+from vip.rewards.base import ASPECTS, as_matrix  # noqa: E402
 from vip.rewards.toyvid_score import ToyvidScore  # noqa: E402
 from vip.toyvid import world  # noqa: E402
 from vip.toyvid.look import frame_grid  # noqa: E402
@@ -36,8 +36,7 @@ def main() -> None:
     reward = ToyvidScore()
     es = eval_set("toyvid", args.prompts, 1, args.seed)
     truth = torch.stack([world.render(world.parse(p), s) for p, s in zip(es.prompts, es.seeds)])
-    rows = {"ground truth": reward.score(truth, es.prompts)}
-    rows["ground truth"] = torch.stack([rows["ground truth"][a] for a in ASPECTS], 1).numpy()
+    rows = {"ground truth": as_matrix(reward.score(truth, es.prompts))}
     rows["teacher"], clips = evaluate(model, reward, es.prompts, es.seeds, 24, keep_clips=True)
     rows["teacher, no motion modules"], flat = evaluate(model, reward, es.prompts, es.seeds, 24,
                                                         units_off=model.units(), keep_clips=True)

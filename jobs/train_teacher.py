@@ -4,11 +4,12 @@
 """
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vip.cli import fail_cleanly  # noqa: E402
+from vip.config import ConfigError, apply, parse_value  # noqa: E402
 from vip.toyvid.teacher import TeacherConfig, train_teacher  # noqa: E402
 
 
@@ -19,12 +20,12 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="TeacherConfig fields as key=value")
     args = ap.parse_args()
     cfg = TeacherConfig()
-    types = {f.name: type(getattr(cfg, f.name)) for f in fields(cfg)}
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        if key not in types:
-            sys.exit(f"error: unknown teacher key {key!r}; expected one of {sorted(types)}")
-        setattr(cfg, key, types[key](value))
+    with fail_cleanly():
+        for item in args.overrides:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ConfigError(f"teacher override {item!r} must look like key=value (e.g. steps=2400)")
+            apply(cfg, "teacher", {key: parse_value(raw)})
     model = train_teacher(cfg, args.workdir)
     model.save(args.out)
     print(f"teacher written to {args.out}")

@@ -116,7 +116,8 @@ def _coerce(key: str, value, kind):
     raise ConfigError(f"config key {key!r} expects {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
-def _apply(section_obj, section: str, values: dict) -> None:
+def apply(section_obj, section: str, values: dict) -> None:
+    """Set typed fields of one dataclass from a mapping; unknown keys and wrong types are ConfigErrors."""
     hints = typing.get_type_hints(type(section_obj))
     names = [f.name for f in dataclasses.fields(section_obj)]
     for key, value in values.items():
@@ -133,9 +134,17 @@ def from_dict(data: dict) -> Config:
             raise ConfigError(f"unknown config section {section!r}; expected one of: {', '.join(sections)}")
         if not isinstance(values, dict):
             raise ConfigError(f"config section {section!r} must be a mapping of keys, got {values!r}")
-        _apply(getattr(cfg, section), section, values)
+        apply(getattr(cfg, section), section, values)
     validate(cfg)
     return cfg
+
+
+def parse_value(raw: str):
+    """A command-line value as YAML reads it (3 -> int, 0.5 -> float, a,b -> str)."""
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
 
 
 def parse_override(item: str) -> tuple[str, str, object]:
@@ -143,11 +152,7 @@ def parse_override(item: str) -> tuple[str, str, object]:
     if not sep or key.count(".") != 1:
         raise ConfigError(f"override {item!r} must look like section.key=value (e.g. select.k=2)")
     section, name = key.split(".")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return section, name, value
+    return section, name, parse_value(raw)
 
 
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from vip.models.base import VideoModel
-from vip.rewards.base import ASPECTS, RewardModel
+from vip.rewards.base import ASPECTS, RewardModel, as_matrix
 
 
 def evaluate(model: VideoModel, reward: RewardModel, prompts: list[str], seeds: list[int], batch_size: int,
@@ -23,7 +23,7 @@ def evaluate(model: VideoModel, reward: RewardModel, prompts: list[str], seeds: 
                 clips = model.generate(p, s)
             with timed("score"):
                 scores = reward.score(clips, p)
-            out.append(torch.stack([scores[a] for a in ASPECTS], 1).float().numpy())
+            out.append(as_matrix(scores))
             if keep_clips:
                 clips_all.append(clips)
     scores = np.concatenate(out)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 
 # VideoScore's five aspects minus factual consistency, which the paper does not rank by.
@@ -26,3 +27,8 @@ def total(scores: dict[str, torch.Tensor]) -> torch.Tensor:
     if missing:
         raise KeyError(f"scores lack aspect {missing[0]!r}; have {sorted(scores)}")
     return torch.stack([scores[a] for a in ASPECTS]).sum(0)
+
+
+def as_matrix(scores: dict[str, torch.Tensor]) -> np.ndarray:
+    """{aspect: [B]} -> float32 array [B, aspects] in ASPECTS order (how shards store scores)."""
+    return torch.stack([scores[a] for a in ASPECTS], 1).float().cpu().numpy()
