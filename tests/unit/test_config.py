@@ -117,3 +117,12 @@ def test_cli_refuses_existing_run_with_other_config(tmp_path, untrained_dir):
                         f"model.path={untrained_dir}", "select.k=2"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "another config" in r.stderr and "--run-dir" in r.stderr
     assert not (run.path / "stage1").exists()
+
+
+@pytest.mark.parametrize("arg, words", [("steps=abc", "teacher.steps"), ("nosuch=1", "teacher.nosuch"),
+                                        ("steps", "key=value")])
+def test_teacher_cli_bad_override_is_one_line(tmp_path, arg, words):
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "train_teacher.py"), "--workdir", str(tmp_path / "w"),
+                        "--out", str(tmp_path / "o"), arg], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
