@@ -19,6 +19,7 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as hf_logging
 
+from vip.config import ConfigError
 from vip.models.base import VideoModel
 from vip.models.codec import SpaceToDepth
 
@@ -164,6 +165,10 @@ class MotionUNetModel(VideoModel):
     @classmethod
     def load(cls, directory: Path, device: str = "cpu") -> "MotionUNetModel":
         directory = Path(directory)
+        missing = [f for f in ("vip_model.json", REMOVED_UNITS_FILE, "unet/config.json") if not (directory / f).is_file()]
+        if missing:
+            raise ConfigError(f"model directory {str(directory)!r} is not a toyvid model: {missing[0]} is missing "
+                              "(expected the layout MotionUNetModel.save writes)")
         meta = json.loads((directory / "vip_model.json").read_text())
         removed = json.loads((directory / REMOVED_UNITS_FILE).read_text())
         # Build the full tree, remove what was pruned, then load strictly: a missing or

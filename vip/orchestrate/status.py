@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from vip.rewards.base import ASPECTS
+from vip.steps import loo
 from vip.store import RunDir, ShardSet
 
 SHORT = {"visual_quality": "VQ", "temporal_consistency": "TC", "dynamic_degree": "DD", "text_alignment": "TA"}
@@ -13,9 +14,9 @@ def stage_status(run: RunDir, stage: int) -> list[tuple[str, str, str]]:
     """Rows of (step, state, detail)."""
     d = run.stage(stage)
     rows = []
-    tasks_file = d / "loo" / "tasks.json"
-    if tasks_file.is_file():
-        n = len(json.loads(tasks_file.read_text())["tasks"])
+    planned = loo.read_plan(d)
+    if planned is not None:
+        n = len(planned["tasks"])
         missing = ShardSet(d / "loo").missing(range(n))
         state = "done" if not missing else ("missing" if len(missing) == n else "partial")
         detail = f"{n - len(missing)}/{n} tasks" + (f"; missing {missing[:8]}" if missing else "")

@@ -44,12 +44,19 @@ def units_to_evaluate(ctx: StageContext) -> list[str]:
     return ctx.model.units()
 
 
+def read_plan(stage_dir: Path) -> dict | None:
+    """The stage's written plan, or None before planning (reads files only)."""
+    path = stage_dir / "loo" / "tasks.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def plan(ctx: StageContext) -> dict:
     """The plan {model, model_sha256, variants, samples, tasks}, written once to loo/tasks.json
     and read back on every later call, so re-runs and array tasks agree on what task i is."""
+    planned = read_plan(ctx.dir)
+    if planned is not None:
+        return planned
     path = step_dir(ctx) / "tasks.json"
-    if path.is_file():
-        return json.loads(path.read_text())
     variants = [FULL] + units_to_evaluate(ctx)
     n = len(ctx.eval_set.prompts)
     per = ctx.cfg.loo.prompts_per_task or n
