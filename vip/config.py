@@ -62,6 +62,56 @@ class SelectConfig:
 
 
 @dataclass
+class FilterConfig:
+    """LLM prompt scoring (supplement F), run once per run and shared by every stage."""
+
+    source: str = "toyvid"  # prompts to score: a built-in set or a .txt/.csv/.jsonl file
+    backend: str = "toyvid"  # toyvid (offline: the grammar knows each prompt) | gemini (google-genai)
+    model: str = "gemini-2.0-flash"  # the paper's Gemini 2.0 Flash
+    base_url: str = ""  # "" = Google's endpoint; tests point it at a local server
+    cache: str = ""  # answer cache (SQLite); "" = ~/.cache/vip/llm_answers.sqlite, shared by runs
+    prompts_per_task: int = 256
+    concurrency: int = 8  # requests in flight per task
+    max_retries: int = 6  # on 429, 5xx and timeouts, with exponential backoff and jitter
+    timeout_s: float = 60.0
+
+
+@dataclass
+class CurateConfig:
+    """Target detection and preference-pair curation (supplement C.2)."""
+
+    target_threshold: float = 0.0  # 0 = one target, the largest drop; > 0 = every aspect that drops at least this
+    max_prompts: int = 48  # target-filtered prompts used for pairs (the first N); 0 = all
+    seeds_per_prompt: int = 3  # candidate pairs per prompt
+    alpha: float = 0.3  # keep a pair only if its unpreferred target score >= mean - alpha * std
+    samples_per_task: int = 48
+    batch_size: int = 16
+
+
+@dataclass
+class TrainConfig:
+    """ReDPO training of the pruned student (main paper Sec. 3; Diffusion-DPO, Wallace et al.)."""
+
+    beta: float = 5000.0  # Diffusion-DPO's beta (not published for V.I.P.)
+    w_sft: float = 1.0e6  # weight of the SFT (distillation) term; the paper's VideoCrafter2 value
+    reference: str = "teacher"  # DPO reference: teacher (frozen full M0) | student (frozen initial student)
+    sft_target: str = "teacher"  # teacher (distill M0's prediction on the winner) | noise (the diffusion target)
+    epochs: int = 4
+    batch_size: int = 4  # pairs per rank per micro-step
+    grad_accum: int = 1
+    lr: float = 1.0e-5
+    min_lr: float = 1.0e-6
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 50  # optimizer steps; 0 = only on a signal and at the end
+    keep_checkpoints: int = 2
+    deepspeed: str = "configs/deepspeed/zero2.json"
+    nprocs: int = 1  # processes per node when jobs/stage.py launches training itself
+
+
+@dataclass
 class RuntimeConfig:
     """How to run, not what to compute: excluded from the config hash."""
 
@@ -78,6 +128,9 @@ class Config:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     loo: LooConfig = field(default_factory=LooConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:
@@ -90,8 +143,15 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-_POSITIVE = {"loo.units_per_task", "loo.batch_size", "select.k", "model.steps", "prompts.seeds_per_prompt"}
-_NON_NEGATIVE = {"prompts.eval_count", "loo.prompts_per_task", "runtime.threads"}
+_POSITIVE = {"loo.units_per_task", "loo.batch_size", "select.k", "model.steps", "prompts.seeds_per_prompt",
+             "filter.prompts_per_task", "filter.concurrency", "filter.timeout_s", "curate.seeds_per_prompt",
+             "curate.samples_per_task", "curate.batch_size", "train.epochs", "train.batch_size", "train.grad_accum",
+             "train.lr", "train.beta", "train.keep_checkpoints", "train.nprocs"}
+_NON_NEGATIVE = {"prompts.eval_count", "loo.prompts_per_task", "runtime.threads", "filter.max_retries",
+                 "curate.target_threshold", "curate.max_prompts", "curate.alpha", "train.w_sft", "train.min_lr",
+                 "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.checkpoint_every"}
+_CHOICES = {"filter.backend": ("toyvid", "gemini"), "train.reference": ("teacher", "student"),
+            "train.sft_target": ("teacher", "noise")}
 
 
 def _coerce(key: str, value, kind):
@@ -110,6 +170,11 @@ def _coerce(key: str, value, kind):
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -181,10 +246,14 @@ def validate(cfg: Config) -> None:
     for key in _POSITIVE | _NON_NEGATIVE:
         section, name = key.split(".")
         v = d[section][name]
-        if key in _POSITIVE and v < 1:
-            raise ConfigError(f"config key {key!r} must be at least 1, got {v}")
+        if key in _POSITIVE and (v < 1 if isinstance(v, int) else v <= 0):
+            raise ConfigError(f"config key {key!r} must be {'at least 1' if isinstance(v, int) else 'positive'}, got {v}")
         if v < 0:
             raise ConfigError(f"config key {key!r} must be 0 or more, got {v}")
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        if d[section][name] not in allowed:
+            raise ConfigError(f"config key {key!r} must be one of {', '.join(allowed)}; got {d[section][name]!r}")
     if cfg.runtime.executor not in ("local",):
         raise ConfigError(f"config key 'runtime.executor' must be 'local', got {cfg.runtime.executor!r}")
     if not cfg.run.name or "/" in cfg.run.name:

@@ -1,0 +1,99 @@
+"""ReDPO = Diffusion-DPO + w_SFT * L_SFT, on plain tensors (no model, no DeepSpeed).
+
+Diffusion-DPO as in Wallace et al.'s public trainer: winner and loser are noised with the
+SAME noise at the SAME timestep; the per-sample error is averaged over every non-batch
+dimension (C, F, H, W for video); and
+
+    L_DPO = -log sigmoid(-beta/2 * ((mse_w - mse_l) - (ref_w - ref_l)))
+
+L_SFT is distillation on the preferred sample: the student's prediction on the noised
+winner against a target (by default the frozen teacher M0's prediction, as the paper's
+method figure feeds only M0 and the student into the loss; see docs/decisions.md).
+The same code trains the toy 2-D models (jobs/toy2d.py) and the video models.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all non-batch dims: [B, ...] -> [B] (for 5-D video: C, F, H, W)."""
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
+@dataclass
+class ReDPOLoss:
+    loss: torch.Tensor  # dpo + w_sft * sft, scalar, differentiable
+    dpo: torch.Tensor
+    sft: torch.Tensor
+    metrics: dict[str, float]  # detached, TRL names where they exist
+
+
+def redpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
+               target_w: torch.Tensor, target_l: torch.Tensor, sft_target_w: torch.Tensor,
+               beta: float, w_sft: float) -> ReDPOLoss:
+    """All inputs [B, ...]: policy/reference predictions and the diffusion targets (epsilon or v)
+    for the noised winner (w) and loser (l); `sft_target_w` is what the policy's winner
+    prediction is distilled towards. ref_* and sft_target_w carry no gradient."""
+    mse_w, mse_l = per_sample_mse(policy_w, target_w), per_sample_mse(policy_l, target_l)
+    with torch.no_grad():
+        ref_mse_w, ref_mse_l = per_sample_mse(ref_w, target_w), per_sample_mse(ref_l, target_l)
+    # implicit rewards: how much better than the reference the policy denoises each video
+    chosen = -0.5 * beta * (mse_w - ref_mse_w)
+    rejected = -0.5 * beta * (mse_l - ref_mse_l)
+    margin = chosen - rejected
+    dpo = -F.logsigmoid(margin).mean()
+    sft = per_sample_mse(policy_w, sft_target_w.detach()).mean()
+    loss = dpo + w_sft * sft
+    metrics = {
+        "loss": loss.item(), "dpo": dpo.item(), "sft": sft.item(),
+        "rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
+        "rewards/margins": margin.mean().item(), "rewards/accuracies": (margin > 0).float().mean().item(),
+        "mse/policy_chosen": mse_w.mean().item(), "mse/policy_rejected": mse_l.mean().item(),
+        "mse/ref_chosen": ref_mse_w.mean().item(), "mse/ref_rejected": ref_mse_l.mean().item(),
+    }
+    return ReDPOLoss(loss, dpo, sft, metrics)
+
+
+def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the denoiser is trained to output: epsilon, or v for v-prediction schedulers."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    raise ValueError(f"scheduler prediction_type {kind!r} is not supported (expected epsilon or v_prediction)")
+
+
+Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (noised [B,...], t [B]) -> prediction
+
+
+def pair_loss(policy: Predict, teacher: Predict, scheduler, x_w: torch.Tensor, x_l: torch.Tensor,
+              noise: torch.Tensor, t: torch.Tensor, beta: float, w_sft: float,
+              reference: Predict | None = None, sft_target: str = "teacher") -> ReDPOLoss:
+    """ReDPO on a batch of pairs of clean latents x_w (preferred) and x_l (unpreferred).
+
+    Winner and loser share `noise` and `t`. The policy runs once on the stacked batch. The
+    teacher runs once, without gradient, and its winner prediction serves both the DPO
+    reference (unless a separate `reference` is given) and the SFT target.
+    """
+    if sft_target not in ("teacher", "noise"):
+        raise ValueError(f"sft_target must be 'teacher' or 'noise', got {sft_target!r}")
+    x = torch.cat([scheduler.add_noise(x_w, noise, t), scheduler.add_noise(x_l, noise, t)])
+    tt = torch.cat([t, t])
+    target = torch.cat([diffusion_target(scheduler, x_w, noise, t), diffusion_target(scheduler, x_l, noise, t)])
+    pred = policy(x, tt)
+    b = x_w.shape[0]
+    with torch.no_grad():
+        if reference is None:
+            ref = teacher(x, tt)
+            teacher_w = ref[:b]
+        else:
+            ref = reference(x, tt)
+            teacher_w = teacher(x[:b], t) if sft_target == "teacher" else None
+        sft_w = teacher_w if sft_target == "teacher" else target[:b]
+    return redpo_loss(pred[:b], pred[b:], ref[:b], ref[b:], target[:b], target[b:], sft_w, beta, w_sft)
