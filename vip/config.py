@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,6 +122,31 @@ class RuntimeConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """How to submit to Slurm (runtime.executor=slurm and the sbatch templates): excluded from the config hash.
+
+    Values go into #SBATCH lines shell-quoted; control characters (newlines) are refused."""
+
+    partition: str = ""  # GPU jobs (array tasks, training); "" = the cluster's default partition
+    cpu_partition: str = ""  # small CPU jobs (merges, selection, curation); "" = partition
+    account: str = ""
+    qos: str = ""
+    time: int = 240  # minutes per job or array task
+    cpu_time: int = 60  # minutes per small CPU job
+    mem_gb: int = 0  # per node; 0 = the cluster's default
+    gpus_per_node: int = 1  # training: GPUs per node (one task per GPU); array tasks use one GPU each
+    array_gpus: int = 1  # GPUs per array task and single GPU job; 0 on CPU-only clusters
+    cpus_per_task: int = 8
+    nodes: int = 1  # training: nodes x gpus_per_node tasks
+    constraint: str = ""
+    exclude: str = ""
+    extra: list[str] = field(default_factory=list)  # extra sbatch options, e.g. ["--reservation=x"]
+    array_parallelism: int = 0  # at most N array tasks at once (%N); 0 = no cap
+    max_requeues: int = 3  # a task requeued (preemption, time limit) more often than this fails
+    signal_delay_s: int = 120  # the preemption/time-limit signal comes this long before the kill
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -132,24 +158,29 @@ class Config:
     curate: CurateConfig = field(default_factory=CurateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def hash(self) -> str:
-        """sha256 of what determines results (everything but `runtime`)."""
+        """sha256 of what determines results (everything but `runtime` and `slurm`: how to run)."""
         d = self.to_dict()
         d.pop("runtime")
+        d.pop("slurm")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
 _POSITIVE = {"loo.units_per_task", "loo.batch_size", "select.k", "model.steps", "prompts.seeds_per_prompt",
              "filter.prompts_per_task", "filter.concurrency", "filter.timeout_s", "curate.seeds_per_prompt",
              "curate.samples_per_task", "curate.batch_size", "train.epochs", "train.batch_size", "train.grad_accum",
-             "train.lr", "train.beta", "train.keep_checkpoints", "train.nprocs"}
+             "train.lr", "train.beta", "train.keep_checkpoints", "train.nprocs",
+             "slurm.time", "slurm.cpu_time", "slurm.cpus_per_task", "slurm.nodes"}
 _NON_NEGATIVE = {"prompts.eval_count", "loo.prompts_per_task", "runtime.threads", "filter.max_retries",
                  "curate.target_threshold", "curate.max_prompts", "curate.alpha", "train.w_sft", "train.min_lr",
-                 "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.checkpoint_every"}
+                 "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.checkpoint_every",
+                 "slurm.mem_gb", "slurm.gpus_per_node", "slurm.array_gpus", "slurm.array_parallelism",
+                 "slurm.max_requeues", "slurm.signal_delay_s"}
 _CHOICES = {"filter.backend": ("toyvid", "gemini"), "train.reference": ("teacher", "student"),
             "train.sft_target": ("teacher", "noise")}
 
@@ -254,10 +285,30 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         if d[section][name] not in allowed:
             raise ConfigError(f"config key {key!r} must be one of {', '.join(allowed)}; got {d[section][name]!r}")
-    if cfg.runtime.executor not in ("local",):
-        raise ConfigError(f"config key 'runtime.executor' must be 'local', got {cfg.runtime.executor!r}")
+    if cfg.runtime.executor not in ("local", "slurm"):
+        raise ConfigError(f"config key 'runtime.executor' must be 'local' or 'slurm', got {cfg.runtime.executor!r}")
+    validate_slurm(cfg.slurm)
     if not cfg.run.name or "/" in cfg.run.name:
         raise ConfigError(f"config key 'run.name' must be a non-empty name without '/', got {cfg.run.name!r}")
+
+
+_SBATCH_OPTION = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*(=.*)?", re.DOTALL)
+
+
+def has_control_chars(value: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+def validate_slurm(s: SlurmConfig) -> None:
+    """Slurm values end up in #SBATCH lines: shell-quoted there, but a newline would end the line."""
+    for name in ("partition", "cpu_partition", "account", "qos", "constraint", "exclude"):
+        v = getattr(s, name)
+        if has_control_chars(v):
+            raise ConfigError(f"config key 'slurm.{name}' must not contain newlines or control characters, got {v!r}")
+    for opt in s.extra:
+        if has_control_chars(opt) or not _SBATCH_OPTION.fullmatch(opt):
+            raise ConfigError(f"config key 'slurm.extra' holds sbatch options like '--reservation=x' (one line each), "
+                              f"got {opt!r}")
 
 
 def to_yaml(cfg: Config) -> str:
