@@ -46,21 +46,24 @@ def read_prompt_file(path: Path, key: str = "prompts.eval") -> list[str]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            with path.open(newline="") as f:
+            with path.open(newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
             if rows and "prompt" not in rows[0]:
                 raise ConfigError(f"{key}: {str(path)!r} has no 'prompt' column (columns: {list(rows[0])})")
-            prompts = [r["prompt"] for r in rows]
+            prompts = [r["prompt"] or "" for r in rows]
         elif suffix == ".jsonl":
             prompts = []
-            for n, line in enumerate(path.read_text().splitlines(), 1):
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if line.strip():
                     row = json.loads(line)
-                    if "prompt" not in row:
-                        raise ConfigError(f"{key}: {str(path)!r} line {n} has no 'prompt' field")
+                    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                        raise ConfigError(f"{key}: {str(path)!r} line {n} has no 'prompt' field holding text")
                     prompts.append(row["prompt"])
+        elif suffix in (".txt", ""):
+            prompts = path.read_text(encoding="utf-8").splitlines()
         else:
-            prompts = path.read_text().splitlines()
+            raise ConfigError(f"{key}: prompt file {str(path)!r} has an unknown extension {suffix!r}; "
+                              "expected .txt (one prompt per line), .csv or .jsonl (a 'prompt' column)")
     except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
         raise ConfigError(f"{key}: cannot read prompt file {str(path)!r}: {e}") from None
     prompts = [p.strip() for p in prompts if p.strip()]

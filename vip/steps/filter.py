@@ -1,0 +1,261 @@
+"""Prompt filtering (supplement F), once per run and shared by every stage: `<run>/filter/`.
+
+The source prompts are scored by an LLM backend on both instructions (Listings 1 and 2) in tasks
+of `filter.prompts_per_task` prompts; each task writes one HDF5 shard; `merge` builds the score
+file, the prompt sets, a summary and Figure C only when every shard is present and intact.
+
+    filter/tasks.json            the plan: the source prompts themselves and the task ranges
+    filter/shards/, done/        per-task scores (-1 = unparseable answer) and completion markers
+    filter/sets/<name>.jsonl     {"id", "prompt"} per line, one file per set (JSONL, not .txt:
+                                 a prompt may contain a line break)
+    filter/summary.json          set sizes, score histograms, unparseable counts
+    filter/histogram.png         Figure C: the score distribution per instruction
+    filter/scores.h5             prompts and scores; written last, so it marks the step done
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from vip.config import Config, ConfigError
+from vip.prompts import filters
+from vip.prompts.instructions import INSTRUCTIONS, template_sha256
+from vip.prompts.llm import Backend, ToyvidBackend, check_backend, make_backend
+from vip.prompts.sets import load_prompts
+from vip.store import IncompleteError, RunDir, ShardSet, atomic_path, atomic_write_json, atomic_write_text, read_h5, \
+    write_h5
+
+SETS: tuple[str, ...] = filters.TARGETS + ("static", "dynamic")
+JOB = "python jobs/filter_prompts.py"
+
+
+class EmptySetError(ConfigError):
+    """A target set selects no prompt: the message names the rule and shows the score histogram."""
+
+
+def step_dir(run: RunDir) -> Path:
+    return run.path / "filter"
+
+
+def shards(run: RunDir) -> ShardSet:
+    return ShardSet(step_dir(run))
+
+
+def scores_path(run: RunDir) -> Path:
+    return step_dir(run) / "scores.h5"
+
+
+def set_path(run: RunDir, name: str) -> Path:
+    return step_dir(run) / "sets" / f"{name}.jsonl"
+
+
+def summary_path(run: RunDir) -> Path:
+    return step_dir(run) / "summary.json"
+
+
+def histogram_path(run: RunDir) -> Path:
+    return step_dir(run) / "histogram.png"
+
+
+def preflight(cfg: Config, run: RunDir) -> None:
+    """Check the backend (API key) and the source prompts, then freeze the config: nothing is
+    written before every check has passed."""
+    check_backend(cfg.filter)
+    if read_plan(run) is None:  # once planned, the plan holds the prompts; the source is not read again
+        load_prompts(cfg.filter.source, key="filter.source")
+    run.freeze(cfg)
+
+
+def read_plan(run: RunDir) -> dict | None:
+    path = step_dir(run) / "tasks.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def plan(run: RunDir, cfg: Config) -> dict:
+    """{source, backend, model, instructions, config_sha256, prompts, tasks}, written once to
+    filter/tasks.json and read back afterwards, so array tasks agree on what task i is even if
+    the source file changes later."""
+    planned = read_plan(run)
+    if planned is not None:
+        return planned
+    prompts = load_prompts(cfg.filter.source, key="filter.source")
+    per = cfg.filter.prompts_per_task
+    planned = {
+        "source": cfg.filter.source, "backend": cfg.filter.backend,
+        "model": cfg.filter.model if cfg.filter.backend == "gemini" else ToyvidBackend.model,
+        "instructions": {name: template_sha256(name) for name in INSTRUCTIONS},
+        "config_sha256": cfg.hash(),
+        "prompts": prompts,
+        "tasks": [[lo, min(lo + per, len(prompts))] for lo in range(0, len(prompts), per)],
+    }
+    atomic_write_json(step_dir(run) / "tasks.json", planned)
+    return planned
+
+
+def missing(run: RunDir, cfg: Config) -> list[int]:
+    return shards(run).missing(range(len(plan(run, cfg)["tasks"])))
+
+
+def _check_plan(planned: dict, cfg: Config) -> None:
+    if planned["config_sha256"] != cfg.hash():
+        raise ConfigError(f"prompt filtering of this run was planned with another config (sha256 "
+                          f"{planned['config_sha256'][:12]}, now {cfg.hash()[:12]}); start a new run with --run-dir")
+    changed = [n for n in INSTRUCTIONS if planned["instructions"].get(n) != template_sha256(n)]
+    if changed:
+        raise ConfigError(f"the {', '.join(changed)} instruction changed since this run was planned; "
+                          "its scores would mix two instructions: start a new run with --run-dir")
+
+
+def run_task(run: RunDir, cfg: Config, index: int, backend: Backend | None = None,
+             progress: Callable[[int], None] | None = None) -> None:
+    """Score task `index`'s prompts on both instructions and write its shard."""
+    planned = plan(run, cfg)
+    _check_plan(planned, cfg)
+    if not 0 <= index < len(planned["tasks"]):
+        raise ConfigError(f"--task must be 0 to {len(planned['tasks']) - 1}, got {index}")
+    lo, hi = planned["tasks"][index]
+    prompts, ids = planned["prompts"][lo:hi], list(range(lo, hi))
+    backend = backend or make_backend(cfg.filter)
+    arrays: dict[str, np.ndarray] = {"prompt_ids": np.arange(lo, hi)}
+    for name in INSTRUCTIONS:
+        scores = backend.score(prompts, name, ids=ids)
+        bad = [s for s in scores if s is not None and s not in (0, 1, 2, 3)]
+        if len(scores) != len(prompts) or bad:
+            raise RuntimeError(f"backend {backend.model} returned {len(scores)} scores for {len(prompts)} prompts "
+                               f"or scores outside 0-3 ({bad[:3]})")
+        arrays[name] = np.array([filters.UNPARSEABLE if s is None else s for s in scores], dtype=np.int8)
+        if progress:
+            progress(len(prompts))
+    shards(run).write(index, arrays, {"config_sha256": cfg.hash(), "task": index, "model": backend.model,
+                                      "instructions": json.dumps(planned["instructions"])})
+
+
+def _histogram_text(name: str, scores: np.ndarray) -> str:
+    h = filters.histogram(scores)
+    return f"{name} scores of {len(scores)} prompts: " + " ".join(f"{k}:{v}" for k, v in h.items())
+
+
+def _write_set(run: RunDir, name: str, prompts: list[str], mask: np.ndarray) -> None:
+    lines = [json.dumps({"id": int(i), "prompt": prompts[i]}, ensure_ascii=False) for i in np.flatnonzero(mask)]
+    atomic_write_text(set_path(run, name), "".join(line + "\n" for line in lines))
+
+
+def plot_histogram(hists: dict[str, dict[str, int]], path: Path, title: str) -> None:
+    """Figure C: the number of prompts per score, one panel per instruction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(hists), figsize=(4.2 * len(hists), 3.4), sharey=True)
+    for ax, (name, h) in zip(np.atleast_1d(axes), hists.items()):
+        labels = list(h)
+        colours = ["#aaaaaa"] * 3 + ["#55a868", "#c44e52"]  # score 3 (kept for the aspect's set), unparseable
+        bars = ax.bar(range(len(labels)), [h[k] for k in labels], color=colours, width=0.7)
+        ax.bar_label(bars, fontsize=8)
+        ax.margins(y=0.12)
+        ax.set_xticks(range(len(labels)), [k if k != "unparseable" else "n/a" for k in labels])
+        ax.set_title(name.replace("_", " "))
+        ax.set_xlabel("LLM score")
+    np.atleast_1d(axes)[0].set_ylabel("prompts")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _empty_message(run: RunDir, name: str, scores: dict[str, np.ndarray], wording_ok: int) -> str:
+    """One line: which rule emptied the set, and the histogram of the scores it looked at."""
+    if name in ("dynamic_degree", "temporal_consistency"):
+        shown = ["dynamic_motion"]
+    elif name == "visual_quality":
+        shown = ["visual_quality"]
+    else:
+        shown = list(INSTRUCTIONS)
+    hist = "; ".join(_histogram_text(s, scores[s]) for s in shown)
+    wording = f"; {wording_ok} prompts pass the wording rule" if name == "text_alignment" else ""
+    return (f"the {name} prompt set is empty: {filters.why_empty(name)}; {hist}{wording}; "
+            f"use a larger or more varied filter.source (Figure C: {histogram_path(run)})")
+
+
+def merge(run: RunDir, cfg: Config) -> Path:
+    """Build every output from complete shards; refuses if any task is missing or a target set is empty."""
+    planned = plan(run, cfg)
+    _check_plan(planned, cfg)
+    prompts = planned["prompts"]
+    n = len(prompts)
+    scores = {name: np.full(n, -2, dtype=np.int8) for name in INSTRUCTIONS}  # -2: not yet filled
+    for i, (arrays, attrs) in enumerate(shards(run).read_all(list(range(len(planned["tasks"]))))):
+        if attrs.get("config_sha256") != planned["config_sha256"]:
+            raise IncompleteError(f"{shards(run).shard(i)} was computed under another config; start a new run "
+                                  "with --run-dir")
+        for name in INSTRUCTIONS:
+            scores[name][arrays["prompt_ids"]] = arrays[name]
+    if any((s == -2).any() for s in scores.values()):
+        raise IncompleteError(f"merged prompt scores have gaps in {step_dir(run)}; re-run {JOB}")
+
+    masks = filters.select(prompts, scores["dynamic_motion"], scores["visual_quality"])
+    for name in SETS:
+        _write_set(run, name, prompts, masks[name])
+    hists = {name: filters.histogram(s) for name, s in scores.items()}
+    summary = {
+        "source": planned["source"], "backend": planned["backend"], "model": planned["model"], "prompts": n,
+        "sets": {name: int(masks[name].sum()) for name in SETS},
+        "histograms": hists,
+        "unparseable": {name: h["unparseable"] for name, h in hists.items()},
+        "text_alignment_wording_ok": int(sum(filters.text_alignment_ok(p) for p in prompts)),
+    }
+    atomic_write_json(summary_path(run), summary)
+    plot_histogram(hists, histogram_path(run), f"Prompt scores of {n} prompts ({planned['model']})")
+
+    empty = [name for name in filters.TARGETS if not masks[name].any()]
+    if empty:
+        raise EmptySetError(_empty_message(run, empty[0], scores, summary["text_alignment_wording_ok"]))
+
+    write_h5(scores_path(run), {"prompts": np.array(prompts, dtype=object).astype(str), **scores},
+             {"config_sha256": planned["config_sha256"], "source": planned["source"], "model": planned["model"],
+              "backend": planned["backend"], "instructions": json.dumps(planned["instructions"]),
+              "unparseable": json.dumps(summary["unparseable"])})
+    return scores_path(run)
+
+
+def is_done(run: RunDir, cfg: Config) -> bool:
+    p = scores_path(run)
+    if not p.is_file() or not all(set_path(run, name).is_file() for name in SETS):
+        return False
+    try:
+        _, attrs = read_h5(p)
+    except OSError:
+        return False
+    return attrs.get("config_sha256") == cfg.hash()
+
+
+def _read_set(run: RunDir, name: str) -> list[str]:
+    if not scores_path(run).is_file():
+        raise IncompleteError(f"prompt filtering of run {str(run.path)!r} has not finished (no {scores_path(run)}); "
+                              f"run {JOB} --run-dir {run.path}")
+    path = set_path(run, name)
+    if not path.is_file():
+        raise IncompleteError(f"prompt set {path} is missing; re-run {JOB} --merge --run-dir {run.path}")
+    return [json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def prompts_for(run: RunDir, aspect: str) -> list[str]:
+    """The filtered prompts for a target aspect (one of filters.TARGETS), in source order."""
+    if aspect not in filters.TARGETS:
+        raise ConfigError(f"no prompt set for aspect {aspect!r}; expected one of {', '.join(filters.TARGETS)}")
+    return _read_set(run, aspect)
+
+
+def static_dynamic(run: RunDir) -> tuple[list[str], list[str]]:
+    """C.3's split: (static prompts: Listing 1 score 1-2, dynamic prompts: score 3)."""
+    return _read_set(run, "static"), _read_set(run, "dynamic")
+
+
+def read_summary(run: RunDir) -> dict | None:
+    p = summary_path(run)
+    return json.loads(p.read_text()) if p.is_file() else None
