@@ -45,3 +45,36 @@ def selection_chart(selection: dict, path: Path, title: str = "") -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def curation_chart(record: dict, path: Path, title: str = "") -> Path:
+    """Per target: preferred and unpreferred score histograms with the alpha floor; and rejections by rule."""
+    from vip.curation import RULE_TEXT
+
+    targets = record["targets"]
+    pref, unpref = np.array(record["candidate_scores"]["preferred"]), np.array(record["candidate_scores"]["unpreferred"])
+    fig, axes = plt.subplots(1, len(targets) + 1, figsize=(4.6 * (len(targets) + 1), 3.6))
+    for ax, a in zip(axes, targets):
+        j = ASPECTS.index(a)
+        bins = np.linspace(min(pref[:, j].min(), unpref[:, j].min()), max(pref[:, j].max(), unpref[:, j].max()) + 1e-6, 21)
+        ax.hist(pref[:, j], bins=bins, alpha=0.6, color="#4c72b0", label="preferred (teacher)")
+        ax.hist(unpref[:, j], bins=bins, alpha=0.6, color="#c44e52", label="unpreferred (student)")
+        floor = record["floors"][a]
+        ax.axvline(floor, color="black", linestyle="--", label=f"mean − {record['alpha']}·std = {floor:.2f}")
+        ax.set_xlabel(f"{a.replace('_', ' ')} score")
+        ax.set_ylabel("candidate pairs")
+        ax.set_title(f"target: {a.replace('_', ' ')}")
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    rules = list(record["rejected"])
+    ax.barh([RULE_TEXT[r] for r in rules] + ["kept"], [record["rejected"][r] for r in rules] + [record["kept"]],
+            color=["#999999"] * len(rules) + ["#55a868"])
+    ax.set_xlabel(f"of {record['candidates']} candidates")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title("rejections by rule (a pair may fail several)")
+    fig.suptitle(title or "curation")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

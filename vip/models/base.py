@@ -37,6 +37,28 @@ class VideoModel(ABC):
         """Clips [B, F, 3, H, W] in [0, 1]; a seed fixes the initial noise of its sample."""
 
     @abstractmethod
+    def sample_latents(self, prompts: list[str], seeds: list[int], steps: int | None = None,
+                       guidance: float | None = None) -> torch.Tensor:
+        """Final latents [B, C, F, h, w] before decoding: what preference pairs store."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> clips [B, F, 3, H, W] in [0, 1]."""
+
+    @abstractmethod
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, denoiser=None) -> torch.Tensor:
+        """Raw denoiser output (epsilon or v) for noised latents at timesteps t [B]; `denoiser`
+        replaces the model's own (e.g. a DeepSpeed engine wrapping trainable_module())."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text conditioning for predict()."""
+
+    @abstractmethod
+    def trainable_module(self) -> torch.nn.Module:
+        """The module ReDPO trains."""
+
+    @abstractmethod
     def unit_params(self) -> dict[str, int]:
         """Parameters per unit."""
 

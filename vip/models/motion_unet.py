@@ -124,13 +124,16 @@ class MotionUNetModel(VideoModel):
         noise = [torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         return torch.stack(noise).to(self.device)
 
-    def predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Raw denoiser output (epsilon or v, per scheduler.config.prediction_type)."""
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, denoiser=None) -> torch.Tensor:
+        """Raw denoiser output (epsilon or v, per scheduler.config.prediction_type). `denoiser`
+        stands in for self.unet when training wraps it (a DeepSpeed engine)."""
         frames = latents.shape[2]
-        return self.unet(latents, t, encoder_hidden_states=text.repeat_interleave(frames, dim=0)).sample
+        out = (denoiser or self.unet)(latents, t, encoder_hidden_states=text.repeat_interleave(frames, dim=0))
+        return out.sample
 
     @torch.no_grad()
-    def generate(self, prompts, seeds, steps=None, guidance=None) -> torch.Tensor:
+    def sample_latents(self, prompts, seeds, steps=None, guidance=None) -> torch.Tensor:
+        """Final latents [B, C, F, h, w] (what ReDPO trains on); decode() turns them into clips."""
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         steps = steps or self.meta.get("steps", 10)
@@ -149,7 +152,17 @@ class MotionUNetModel(VideoModel):
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance * (cond - uncond)
             x = sched.step(out, t, x).prev_sample
-        return self.codec.decode(x.float()).cpu()
+        return x.float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.codec.decode(latents.float().to(self.device)).cpu()
+
+    def generate(self, prompts, seeds, steps=None, guidance=None) -> torch.Tensor:
+        return self.decode(self.sample_latents(prompts, seeds, steps, guidance))
+
+    def trainable_module(self) -> nn.Module:
+        """What ReDPO trains: the denoiser (the text encoder stays frozen)."""
+        return self.unet
 
     # ---- persistence ----
     def save(self, directory: Path) -> None:

@@ -20,7 +20,7 @@ from vip.models.registry import base_model_path, load_video_model
 from vip.prompts.sets import EvalSet, eval_set
 from vip.rewards.base import RewardModel
 from vip.rewards.registry import load_reward
-from vip.store import RunDir, sha256_tree
+from vip.store import IncompleteError, RunDir, sha256_tree
 
 
 @dataclass
@@ -60,6 +60,29 @@ class StageContext:
             torch.set_num_threads(self.cfg.runtime.threads)
         with self.timed("load"):
             return load_video_model(self.cfg.model, self.model_path())
+
+    @cached_property
+    def teacher(self) -> VideoModel:
+        """The full model M0: the preferred side of every pair and the frozen ReDPO reference, in every stage."""
+        if self.stage == 1:
+            return self.model  # M is M0 in stage 1 (leave-one-out restores every unit it switches off)
+        with self.timed("load"):
+            return load_video_model(self.cfg.model, base_model_path(self.cfg.model))
+
+    @cached_property
+    def teacher_sha256(self) -> str:
+        return sha256_tree(base_model_path(self.cfg.model))
+
+    def pruned_path(self) -> Path:
+        """M minus this stage's chosen units (written by selection)."""
+        return self.dir / "pruned"
+
+    @cached_property
+    def student(self) -> VideoModel:
+        if not (self.pruned_path() / "removed_units.json").is_file():
+            raise IncompleteError(f"stage {self.stage} has no pruned student at {self.pruned_path()}; run selection first")
+        with self.timed("load"):
+            return load_video_model(self.cfg.model, self.pruned_path())
 
     @cached_property
     def model_sha256(self) -> str:

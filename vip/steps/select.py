@@ -73,7 +73,7 @@ def selection_path(ctx: StageContext) -> Path:
 
 
 def pruned_path(ctx: StageContext) -> Path:
-    return ctx.dir / "pruned"
+    return ctx.pruned_path()
 
 
 def run(ctx: StageContext) -> Selection:

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from vip.curation import choose_targets, curate
+from vip.rewards.base import ASPECTS
+
+VQ, TC, DD, TA = range(4)
+
+
+def test_single_target_is_the_largest_drop():
+    drop = {"visual_quality": 0.1, "temporal_consistency": 0.4, "dynamic_degree": -0.2, "text_alignment": 0.3}
+    assert choose_targets(drop) == ["temporal_consistency"]
+
+
+def test_multi_target_takes_every_drop_past_the_threshold_largest_first():
+    drop = {"visual_quality": 0.25, "temporal_consistency": 0.4, "dynamic_degree": -0.2, "text_alignment": 0.1}
+    assert choose_targets(drop, threshold=0.2) == ["temporal_consistency", "visual_quality"]
+    assert choose_targets(drop, threshold=0.5) == ["temporal_consistency"]  # none passes: the largest drop
+
+
+def test_alpha_floor_and_gap_rule_by_hand():
+    # unpreferred VQ scores 1, 2, 3, 4: mean 2.5, std sqrt(1.25) = 1.118; floor at alpha 0.3 = 2.1646
+    s_l = np.array([[1.0, 3, 3, 3], [2.0, 3, 3, 3], [3.0, 3, 3, 3], [4.0, 3, 3, 3]])
+    s_w = s_l.copy()
+    s_w[:, VQ] += [1.0, 1.0, 1.0, 1.0]  # target gap 1 everywhere
+    s_w[2, TC] += 1.5  # pair 2: TC gap 1.5 beats the target gap
+    c = curate(s_w, s_l, ["visual_quality"], alpha=0.3)
+    assert c.floors["visual_quality"] == pytest.approx(2.5 - 0.3 * np.sqrt(1.25))
+    assert c.keep.tolist() == [False, False, False, True]  # 0, 1 below the floor; 2 fails the gap rule
+    assert c.rejected == {"target_not_better": 0, "below_floor": 2, "gap_not_largest": 1}
+    # a larger alpha lowers the floor to 2.5 - 1.118 = 1.38: pair 1 comes in
+    assert curate(s_w, s_l, ["visual_quality"], alpha=1.0).keep.tolist() == [False, True, False, True]
+
+
+def test_a_gap_tied_with_another_aspect_is_not_larger():
+    s_l = np.full((2, 4), 2.0)
+    s_w = s_l + np.array([[0.5, 0.5, 0, 0], [0.5, 0.4, 0, 0]])
+    assert curate(s_w, s_l, ["visual_quality"], alpha=10).keep.tolist() == [False, True]
+
+
+def test_preferred_must_be_better_in_the_target_even_if_every_gap_is_negative():
+    s_l = np.full((1, 4), 3.0)
+    s_w = s_l - np.array([[0.1, 0.5, 0.5, 0.5]])  # the target gap is the largest, but negative
+    c = curate(s_w, s_l, ["visual_quality"], alpha=10)
+    assert not c.keep[0] and c.rejected["target_not_better"] == 1
+
+
+def test_multi_target_needs_both_targets_to_dominate():
+    s_l = np.full((2, 4), 2.0)
+    s_w = s_l + np.array([[0.6, 0.5, 0.1, 0.0], [0.6, 0.05, 0.1, 0.0]])
+    assert curate(s_w, s_l, ["visual_quality", "temporal_consistency"], alpha=10).keep.tolist() == [True, False]
+
+
+scores = arrays(np.float64, st.tuples(st.integers(1, 30), st.just(len(ASPECTS))),
+                elements=st.floats(1.0, 4.0, allow_nan=False)).map(lambda a: np.round(a, 2))
+target_sets = st.lists(st.sampled_from(ASPECTS), min_size=1, max_size=3, unique=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores, st.data(), target_sets, st.floats(0, 3))
+def test_no_kept_pair_breaks_a_rule(s_l, data, targets, alpha):
+    s_w = data.draw(arrays(np.float64, s_l.shape, elements=st.floats(1.0, 4.0)).map(lambda a: np.round(a, 2)))
+    c = curate(s_w, s_l, targets, alpha)
+    gap = s_w - s_l
+    t = [ASPECTS.index(a) for a in targets]
+    others = [i for i in range(len(ASPECTS)) if i not in t]
+    for i in np.flatnonzero(c.keep):
+        for a, j in zip(targets, t):
+            assert s_l[i, j] >= s_l[:, j].mean() - alpha * s_l[:, j].std() - 1e-12
+            assert gap[i, j] > 0
+            assert all(gap[i, j] > gap[i, o] for o in others)
+    assert c.kept + max(c.rejected.values()) <= len(s_l)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores, st.data(), target_sets, st.floats(0, 2), st.floats(0, 2))
+def test_a_larger_alpha_never_keeps_fewer_pairs(s_l, data, targets, a1, a2):
+    s_w = data.draw(arrays(np.float64, s_l.shape, elements=st.floats(1.0, 4.0)))
+    small, large = sorted([a1, a2])
+    kept_small = curate(s_w, s_l, targets, small).keep
+    kept_large = curate(s_w, s_l, targets, large).keep
+    assert kept_large.sum() >= kept_small.sum()
+    assert not (kept_small & ~kept_large).any()  # and it keeps every pair the smaller alpha kept

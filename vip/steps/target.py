@@ -1,0 +1,71 @@
+"""Target detection (supplement C.2): score the pruned student and the full teacher on the
+evaluation prompts; the aspect that dropped most (or every aspect past a threshold) is the
+target of this stage's preference pairs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vip.curation import choose_targets
+from vip.evaluate import evaluate, mean_scores
+from vip.rewards.base import ASPECTS
+from vip.steps import loo
+from vip.steps.context import StageContext
+from vip.store import atomic_write_json, read_h5, write_h5
+
+
+def target_path(ctx: StageContext) -> Path:
+    return ctx.dir / "target.json"
+
+
+def teacher_eval_path(ctx: StageContext) -> Path:
+    return ctx.run.path / "teacher" / "eval.h5"
+
+
+def teacher_eval_scores(ctx: StageContext) -> np.ndarray:
+    """M0 on the evaluation set, computed once per run (stage 1's leave-one-out already has it)."""
+    path = teacher_eval_path(ctx)
+    if path.is_file():
+        arrays, attrs = read_h5(path)
+        if attrs.get("config_sha256") == ctx.cfg.hash() and attrs.get("teacher_sha256") == ctx.teacher_sha256:
+            return arrays["scores"]
+    merged = ctx.run.stage(1) / "loo.h5"
+    scores = None
+    if merged.is_file():
+        arrays, attrs = read_h5(merged)
+        if attrs.get("model_sha256") == ctx.teacher_sha256:  # stage 1's M is M0
+            scores = arrays["scores"][[str(v) for v in arrays["variants"]].index(loo.FULL)]
+    if scores is None:
+        es = ctx.eval_set
+        scores = evaluate(ctx.teacher, ctx.reward, es.prompts, es.seeds, ctx.cfg.loo.batch_size, timed=ctx.timed)
+    write_h5(path, {"scores": scores}, {"config_sha256": ctx.cfg.hash(), "teacher_sha256": ctx.teacher_sha256,
+                                        "aspects": json.dumps(ASPECTS)})
+    return scores
+
+
+def run(ctx: StageContext) -> dict:
+    es = ctx.eval_set
+    teacher = mean_scores(teacher_eval_scores(ctx))
+    student_scores = evaluate(ctx.student, ctx.reward, es.prompts, es.seeds, ctx.cfg.loo.batch_size, timed=ctx.timed)
+    student = mean_scores(student_scores)
+    drop = {a: teacher[a] - student[a] for a in ASPECTS}
+    record = {
+        "targets": choose_targets(drop, ctx.cfg.curate.target_threshold),
+        "threshold": ctx.cfg.curate.target_threshold,
+        "teacher": teacher, "pruned": student, "drop": drop,
+        "samples": len(es.prompts), "config_sha256": ctx.cfg.hash(),
+    }
+    atomic_write_json(target_path(ctx), record)
+    return record
+
+
+def load(ctx: StageContext) -> dict | None:
+    p = target_path(ctx)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def is_done(ctx: StageContext) -> bool:
+    t = load(ctx)
+    return bool(t) and t.get("config_sha256") == ctx.cfg.hash()

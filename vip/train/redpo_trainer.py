@@ -1,0 +1,281 @@
+"""ReDPO training of a stage's pruned student on its preference pairs, with DeepSpeed.
+
+Every rank runs this. The student's denoiser trains (ZeRO-2 by default); the full teacher M0
+runs forward only, without gradient, and its prediction on the noised winner serves both
+the DPO reference and the SFT target. Checkpoints hold model, optimizer and scheduler
+state; the data order and the noise of step k are functions of (seed, k, rank), so a run
+resumed from step k continues bit for bit as if it had never stopped.
+
+A SIGUSR1 / SIGUSR2 / SIGTERM only sets a flag. At the next step boundary the ranks agree
+(an all-reduce), all save, and the process exits with EXIT_REQUEUE for Slurm to requeue.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from tqdm import tqdm
+
+from vip.config import Config, ConfigError, TrainConfig
+from vip.redpo import pair_loss
+from vip.steps.context import StageContext
+from vip.steps.pairs import pairs_path, student_sha256
+from vip.store import RunDir, atomic_write_json
+from vip.train import dist
+from vip.train.data import Order, load_pairs
+from vip.train.metrics import MetricsLog
+
+EXIT_REQUEUE = 75  # sysexits EX_TEMPFAIL: stopped on purpose, checkpoint saved, run again to resume
+CHECKPOINT_META = "vip_checkpoint.json"
+
+
+def train_dir(run: RunDir, stage: int) -> Path:
+    return run.stage(stage) / "train"
+
+
+def final_path(run: RunDir, stage: int) -> Path:
+    return train_dir(run, stage) / "final"
+
+
+def is_done(run: RunDir, stage: int, cfg: Config) -> bool:
+    p = train_dir(run, stage) / "done.json"
+    return p.is_file() and json.loads(p.read_text()).get("config_sha256") == cfg.hash() \
+        and (final_path(run, stage) / "removed_units.json").is_file()
+
+
+class StopFlag:
+    """Set by a signal; read at step boundaries only (a handler must not do the work itself)."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        for s in self.SIGNALS:
+            signal.signal(s, self._set)
+
+    def _set(self, signum, frame):
+        self.signum = signum
+
+    def agreed(self, device) -> bool:
+        """True on every rank if any rank was signalled."""
+        flag = torch.tensor([float(self.signum != 0)], device=device)
+        if tdist.is_initialized():
+            tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def deepspeed_config(path: str, tc: TrainConfig, world_size: int, device: str) -> dict:
+    """The DeepSpeed JSON with the batch, clipping and precision filled from train.*; a value
+    in the file that contradicts them (or the world size) is a one-line error."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config key 'train.deepspeed': file {path!r} does not exist (see configs/deepspeed/)")
+    try:
+        ds = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config key 'train.deepspeed': {path!r} is not valid JSON: {e}") from None
+    want = {"train_micro_batch_size_per_gpu": tc.batch_size, "gradient_accumulation_steps": tc.grad_accum,
+            "train_batch_size": tc.batch_size * tc.grad_accum * world_size, "gradient_clipping": tc.grad_clip}
+    for key, value in want.items():
+        if key in ds and ds[key] != "auto" and ds[key] != value:
+            raise ConfigError(f"{path}: {key} is {ds[key]} but train.batch_size={tc.batch_size}, train.grad_accum="
+                              f"{tc.grad_accum} and {world_size} ranks give {value}; set it to \"auto\" or remove it")
+        ds[key] = value
+    ds["bf16"] = {"enabled": device.startswith("cuda")}  # bf16 on GPU; CPU trains in fp32
+    ds.setdefault("zero_allow_untested_optimizer", True)  # our AdamW is torch's, wrapped by ZeRO
+    ds.setdefault("steps_per_print", 10**9)
+    return ds
+
+
+def lr_factor(step: int, warmup: int, total: int, lr: float, min_lr: float) -> float:
+    """Linear warm-up to lr, then cosine to min_lr at the last step (as a multiple of lr)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return (min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))) / lr
+
+
+def step_generator(seed: int, micro: int, rank: int) -> torch.Generator:
+    """Noise and timesteps of global micro-step `micro` on `rank`: no RNG state to save."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, micro, rank]).generate_state(1)[0]))
+
+
+@dataclass
+class Plan:
+    order: Order
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _checkpoint_tags(ckpt: Path) -> list[Path]:
+    return sorted((p for p in ckpt.glob("step*") if (p / CHECKPOINT_META).is_file()), key=lambda p: p.name)
+
+
+def save_checkpoint(engine, ckpt: Path, step: int, meta: dict, keep: int, rank: int) -> None:
+    """All ranks write their part; rank 0 marks the tag complete and prunes old ones."""
+    tag = f"step{step:07d}"
+    engine.save_checkpoint(str(ckpt), tag=tag, client_state={"step": step})
+    tdist.barrier()
+    if rank == 0:
+        atomic_write_json(ckpt / tag / CHECKPOINT_META, {**meta, "step": step})
+        for old in _checkpoint_tags(ckpt)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    tdist.barrier()
+
+
+def latest_checkpoint(ckpt: Path, meta: dict) -> tuple[str, int] | None:
+    """The newest complete tag, after checking it was made for this student and these pairs."""
+    tags = _checkpoint_tags(ckpt)
+    if not tags:
+        return None
+    saved = json.loads((tags[-1] / CHECKPOINT_META).read_text())
+    for key in ("student_sha256", "pairs_sha256", "config_sha256"):
+        if saved.get(key) != meta[key]:
+            raise ConfigError(f"checkpoint {tags[-1]} was made for another {key.split('_')[0]} "
+                              f"({str(saved.get(key))[:12]} != {meta[key][:12]}); delete {ckpt} to start over")
+    return tags[-1].name, int(saved["step"])
+
+
+def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
+    """Train, checkpoint and save the final student; returns 0, or EXIT_REQUEUE after a signal."""
+    import deepspeed
+
+    from vip.store import sha256_file
+
+    tc, device = cfg.train, cfg.model.device
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*")  # inside DeepSpeed, not ours
+    stop = StopFlag()
+    env = dist.init(device)
+    rank, world = env.rank, env.world_size
+    torch.manual_seed(tc.seed)
+    ctx = StageContext(run, cfg, stage)
+    out = train_dir(run, stage)
+    ckpt = out / "ckpt"
+
+    student_sha = student_sha256(ctx)
+    pairs = load_pairs(pairs_path(ctx), cfg.hash(), student_sha)
+    meta = {"student_sha256": student_sha, "pairs_sha256": sha256_file(pairs_path(ctx)), "config_sha256": cfg.hash()}
+    order = Order(len(pairs), tc.batch_size, world, tc.seed)
+    order.check()
+    steps_per_epoch = order.micro_steps_per_epoch // tc.grad_accum
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{len(pairs)} pairs give {order.micro_steps_per_epoch} micro-steps per epoch, fewer than "
+                          f"train.grad_accum={tc.grad_accum}; lower train.grad_accum or train.batch_size")
+    total = tc.epochs * steps_per_epoch
+
+    student, teacher = ctx.student, ctx.teacher
+    dev = torch.device(device if not device.startswith("cuda") else f"cuda:{env.local_rank}")
+    frozen_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    teacher.unet.to(dev).eval().requires_grad_(False)
+    if frozen_dtype != torch.float32:
+        teacher.unet.to(frozen_dtype)
+    reference = None
+    if tc.reference == "student":  # a frozen copy of the student as it was before training
+        reference = copy.deepcopy(student.trainable_module()).to(dev).eval().requires_grad_(False)
+        if frozen_dtype != torch.float32:
+            reference.to(frozen_dtype)
+    prompts = sorted(set(pairs.prompts))
+    row = {p: i for i, p in enumerate(prompts)}
+    text_s = student.encode_prompts(prompts).to(dev)
+    text_t = teacher.encode_prompts(prompts).to(dev, frozen_dtype)
+    pair_text = torch.tensor([row[p] for p in pairs.prompts])
+
+    policy = student.trainable_module().to(dev).train().requires_grad_(True)
+    optim = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, tc.warmup_steps, total, tc.lr, tc.min_lr))
+    engine, optim, _, sched = deepspeed.initialize(
+        model=policy, optimizer=optim, lr_scheduler=sched, config=deepspeed_config(tc.deepspeed, tc, world, device))
+
+    start = 0
+    found = latest_checkpoint(ckpt, meta)
+    if found:
+        tag, start = found
+        engine.load_checkpoint(str(ckpt), tag=tag)
+    log = MetricsLog(out, start) if rank == 0 else None
+    scheduler = student.scheduler
+    T = scheduler.config.num_train_timesteps
+    bar = tqdm(total=total, initial=start, desc=f"stage {stage} ReDPO", disable=not progress or rank != 0,
+               dynamic_ncols=True)
+    code, step = 0, start
+    t0 = time.perf_counter()
+    while step < total:
+        sums: dict[str, float] = {}
+        for a in range(tc.grad_accum):
+            m = step * tc.grad_accum + a  # global micro-step
+            idx = order.batch(m // order.micro_steps_per_epoch, m % order.micro_steps_per_epoch, rank)
+            x_w, x_l = pairs.latents_w[idx].to(dev), pairs.latents_l[idx].to(dev)
+            g = step_generator(tc.seed, m, rank)
+            noise = torch.randn(x_w.shape, generator=g).to(dev)
+            t = torch.randint(0, T, (len(idx),), generator=g).to(dev)
+            ts, tt = text_s[pair_text[idx]], text_t[pair_text[idx]]
+
+            def rep(text, x):  # the stacked [winner; loser] batch needs the text twice
+                return text.repeat(x.shape[0] // len(idx), 1, 1)
+
+            res = pair_loss(
+                policy=lambda x, t_: student.predict(x, t_, rep(ts, x), denoiser=engine),
+                teacher=lambda x, t_: teacher.predict(x.to(frozen_dtype), t_, rep(tt, x)).float(),
+                reference=None if reference is None else
+                (lambda x, t_: teacher.predict(x.to(frozen_dtype), t_, rep(tt, x), denoiser=reference).float()),
+                scheduler=scheduler, x_w=x_w, x_l=x_l, noise=noise, t=t,
+                beta=tc.beta, w_sft=tc.w_sft, sft_target=tc.sft_target)
+            engine.backward(res.loss)
+            engine.step()
+            for k, v in res.metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / tc.grad_accum
+        step += 1
+        values = torch.tensor(list(sums.values()), dtype=torch.float64, device=dev)
+        tdist.all_reduce(values)  # the logged curve is the mean over ranks
+        record = dict(zip(sums, (values / world).tolist()))
+        elapsed = time.perf_counter() - t0
+        record.update(lr=sched.get_last_lr()[0], grad_norm=float(engine.get_global_grad_norm() or 0.0),
+                      epoch=(step * tc.grad_accum - 1) // order.micro_steps_per_epoch,
+                      samples_per_s=(step - start) * tc.batch_size * tc.grad_accum * world / max(elapsed, 1e-9))
+        if log:
+            log.log(step, record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4g}", acc=f"{record['rewards/accuracies']:.2f}")
+        if stop.agreed(dev):
+            save_checkpoint(engine, ckpt, step, meta, tc.keep_checkpoints, rank)
+            code = EXIT_REQUEUE
+            break
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < total:
+            save_checkpoint(engine, ckpt, step, meta, tc.keep_checkpoints, rank)
+    bar.close()
+    if code == 0:
+        save_checkpoint(engine, ckpt, step, meta, tc.keep_checkpoints, rank)
+        _save_final(engine, student, run, stage, rank)
+        if rank == 0:
+            atomic_write_json(out / "done.json", {"steps": total, "pairs": len(pairs), "world_size": world,
+                                                  "config_sha256": cfg.hash(), **meta})
+    if log:
+        log.close()
+    dist.shutdown()
+    return code
+
+
+def _save_final(engine, student, run: RunDir, stage: int, rank: int) -> None:
+    """The trained student in the backbone's layout (with removed_units.json), written atomically."""
+    if engine.zero_optimization_stage() == 3:  # parameters are partitioned: gather them first
+        state = engine._zero3_consolidated_16bit_state_dict()
+        if rank == 0:
+            student.trainable_module().load_state_dict({k: v.float() for k, v in state.items()})
+    if rank == 0:
+        final = final_path(run, stage)
+        tmp = final.with_name("final.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        student.trainable_module().to("cpu")
+        student.save(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
+    tdist.barrier()
