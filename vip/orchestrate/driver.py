@@ -1,17 +1,30 @@
-"""The stage driver: works out what a stage still needs and runs it.
+"""The stage driver: works out what a stage still needs and runs it, step by step.
+
+    loo -> select -> filter (once per run) -> target -> pairs -> curate -> train -> outcome
 
 Each step is idempotent and checks its inputs, so calling the driver again after a crash
 or preemption redoes only what is missing (a corrupt shard counts as missing).
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from vip.config import Config, ConfigError
 from vip.models.registry import check_backbone
 from vip.orchestrate import local
+from vip.prompts.llm import check_backend, make_backend
+from vip.prompts.sets import load_prompts
 from vip.rewards.registry import check_reward
-from vip.steps import loo, select
+from vip.steps import filter as prompt_filter
+from vip.steps import loo, outcome, pairs, select, target
 from vip.steps.context import StageContext
-from vip.store import RunDir
+from vip.store import IncompleteError, RunDir
+from vip.train import redpo_trainer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def preflight(cfg: Config, run: RunDir, stage: int) -> StageContext:
@@ -20,12 +33,17 @@ def preflight(cfg: Config, run: RunDir, stage: int) -> StageContext:
         raise ConfigError(f"--stage must be 1 or more, got {stage}")
     check_backbone(cfg.model.backbone)
     check_reward(cfg.reward.name)
+    check_backend(cfg.filter)  # e.g. a missing API key, before any job is started
+    if prompt_filter.read_plan(run) is None:
+        load_prompts(cfg.filter.source, key="filter.source")
+    redpo_trainer.deepspeed_config(cfg.train.deepspeed, cfg.train, cfg.train.nprocs, cfg.model.device)
     ctx = StageContext(run, cfg, stage)
     ctx.eval_set  # noqa: B018 - reads and checks the prompt file
-    units = loo.units_to_evaluate(ctx)  # loads the model, checks loo.units
-    if cfg.select.k > len(units):
-        raise ConfigError(f"config key 'select.k' is {cfg.select.k} but only {len(units)} units are evaluated "
-                          f"({len(ctx.model.units())} in the model); expected 1 to {len(units)}")
+    if stage == 1 or (run.stage(stage - 1) / "train" / "final").is_dir():
+        units = loo.units_to_evaluate(ctx)  # loads the model, checks loo.units
+        if cfg.select.k > len(units):
+            raise ConfigError(f"config key 'select.k' is {cfg.select.k} but only {len(units)} units are evaluated "
+                              f"({len(ctx.model.units())} in the model); expected 1 to {len(units)}")
     run.freeze(cfg)
     return ctx
 
@@ -35,20 +53,75 @@ def run_loo(ctx: StageContext) -> None:
     todo = loo.missing(ctx)
     for i in todo:  # a task whose shard is truncated or mismatched is redone from scratch
         loo.shards(ctx).discard(i)
-    local.run_tasks(
-        todo,
-        lambda i, advance: loo.run_task(ctx, i, advance),
-        total_units=sum(len(tasks[i]["variants"]) for i in todo),
-        desc=f"stage {ctx.stage} leave-one-out ({len(todo)}/{len(tasks)} tasks)",
-        progress=ctx.cfg.runtime.progress,
-    )
+    local.run_tasks(todo, lambda i, advance: loo.run_task(ctx, i, advance),
+                    total_units=sum(len(tasks[i]["variants"]) for i in todo),
+                    desc=f"stage {ctx.stage} leave-one-out ({len(todo)}/{len(tasks)} tasks)",
+                    progress=ctx.cfg.runtime.progress)
+
+
+def run_filter(run: RunDir, cfg: Config) -> None:
+    planned = prompt_filter.plan(run, cfg)
+    todo = prompt_filter.missing(run, cfg)
+    if todo:
+        backend = make_backend(cfg.filter)
+        local.run_tasks(todo, lambda i, advance: prompt_filter.run_task(run, cfg, i, backend, advance),
+                        total_units=2 * sum(hi - lo for lo, hi in (planned["tasks"][i] for i in todo)),  # 2 instructions
+                        desc=f"prompt filter ({len(todo)}/{len(planned['tasks'])} tasks)",
+                        progress=cfg.runtime.progress)
+    prompt_filter.merge(run, cfg)
+
+
+def run_pairs(ctx: StageContext) -> None:
+    planned = pairs.plan(ctx)
+    todo = pairs.missing(ctx)
+    local.run_tasks(todo, lambda i, advance: pairs.run_task(ctx, i, advance),
+                    total_units=2 * sum(hi - lo for lo, hi in (planned["tasks"][i] for i in todo)),
+                    desc=f"stage {ctx.stage} pairs ({len(todo)}/{len(planned['tasks'])} tasks)",
+                    progress=ctx.cfg.runtime.progress)
+
+
+def train_command(run: RunDir, cfg: Config, stage: int) -> list[str]:
+    script = [str(ROOT / "jobs" / "train_redpo.py"), "--run-dir", str(run.path), "--stage", str(stage)]
+    if not cfg.runtime.progress:
+        script.append("--no-progress")
+    if cfg.train.nprocs > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(cfg.train.nprocs), *script]
+    return [sys.executable, *script]
+
+
+def run_training(ctx: StageContext) -> None:
+    """Training runs in its own process(es): DeepSpeed owns the process group and the signals there."""
+    env = dict(os.environ)
+    if ctx.cfg.runtime.threads:
+        env["OMP_NUM_THREADS"] = str(ctx.cfg.runtime.threads)
+    code = subprocess.run(train_command(ctx.run, ctx.cfg, ctx.stage), env=env).returncode
+    if code == redpo_trainer.EXIT_REQUEUE:
+        raise IncompleteError(f"stage {ctx.stage} training stopped on a signal after saving a checkpoint; "
+                              "run the same command again to resume")
+    if code != 0:
+        raise IncompleteError(f"stage {ctx.stage} training failed (exit {code}); see the output above")
 
 
 def run_stage(ctx: StageContext) -> dict:
+    """Every step of one stage that is not done yet; returns the stage's outcome."""
+    cfg, run = ctx.cfg, ctx.run
     if not loo.is_done(ctx):
         if loo.missing(ctx):
             run_loo(ctx)
         loo.merge(ctx)
     if not select.is_done(ctx):
         select.run(ctx)
-    return select.load(ctx)
+    if not prompt_filter.is_done(run, cfg):
+        run_filter(run, cfg)
+    if not target.is_done(ctx):
+        target.run(ctx)
+    if not pairs.is_done(ctx):
+        if pairs.missing(ctx):
+            run_pairs(ctx)
+        pairs.curate(ctx)
+    if not redpo_trainer.is_done(run, ctx.stage, cfg):
+        run_training(ctx)
+    if not outcome.is_done(ctx):
+        outcome.run(ctx)
+    return outcome.load(ctx)

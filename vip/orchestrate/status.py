@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 
 from vip.rewards.base import ASPECTS
-from vip.steps import loo
+from vip.steps import filter as prompt_filter
+from vip.steps import loo, pairs
 from vip.store import RunDir, ShardSet
+from vip.train.metrics import read_metrics
 
 SHORT = {"visual_quality": "VQ", "temporal_consistency": "TC", "dynamic_degree": "DD", "text_alignment": "TA"}
 
@@ -30,7 +32,85 @@ def stage_status(run: RunDir, stage: int) -> list[tuple[str, str, str]]:
         rows.append(("select", "done", f"chosen {', '.join(s['chosen'])}"))
     else:
         rows.append(("select", "missing", ""))
+    rows.append(_filter_row(run))
+    tgt = _json(d / "target.json")
+    rows.append(("target", "done", f"{', '.join(tgt['targets'])} (drop "
+                 + ", ".join(f"{SHORT[a]} {tgt['drop'][a]:+.3f}" for a in ASPECTS) + ")") if tgt else ("target", "missing", ""))
+    rows.append(_tasks_row("pairs", d / "pairs", pairs.read_plan(d)))
+    cur = _json(d / "curation.json")
+    rows.append(("curate", "done", f"kept {cur['kept']} of {cur['candidates']} pairs -> {d / 'pairs.h5'}")
+                if cur else ("curate", "missing", ""))
+    rows.append(_train_row(d / "train"))
+    out = _json(d / "outcome.json")
+    rows.append(("outcome", "done", f"ReDPO total {out['redpo']['total']:.3f} (pruned {out['pruned']['total']:.3f}, "
+                 f"full {out['full']['total']:.3f})") if out else ("outcome", "missing", ""))
     return rows
+
+
+def _json(path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _tasks_row(step: str, directory, planned: dict | None) -> tuple[str, str, str]:
+    if planned is None:
+        return (step, "not started", "")
+    n = len(planned["tasks"])
+    missing = ShardSet(directory).missing(range(n))
+    state = "done" if not missing else ("missing" if len(missing) == n else "partial")
+    return (step, state, f"{n - len(missing)}/{n} tasks" + (f"; missing {missing[:8]}" if missing else ""))
+
+
+def _filter_row(run: RunDir) -> tuple[str, str, str]:
+    summary = prompt_filter.read_summary(run)
+    if summary is not None and prompt_filter.scores_path(run).is_file():
+        sizes = summary.get("sets", {})
+        return ("filter", "done", ", ".join(f"{k} {v}" for k, v in sizes.items()) if isinstance(sizes, dict) else "")
+    row = _tasks_row("filter", prompt_filter.step_dir(run), prompt_filter.read_plan(run))
+    return row if row[1] != "done" else ("filter", "partial", row[2] + "; not merged")
+
+
+def _train_row(directory) -> tuple[str, str, str]:
+    done = _json(directory / "done.json")
+    if done:
+        return ("train", "done", f"{done['steps']} steps on {done['pairs']} pairs, {done['world_size']} ranks "
+                                 f"-> {directory / 'final'}")
+    steps = len(read_metrics(directory))
+    ckpts = sorted(p.name for p in (directory / "ckpt").glob("step*")) if (directory / "ckpt").is_dir() else []
+    if steps or ckpts:
+        return ("train", "partial", f"{steps} steps logged; last checkpoint {ckpts[-1] if ckpts else 'none'}")
+    return ("train", "missing", "")
+
+
+def all_outcomes(run: RunDir) -> list[dict]:
+    out, n = [], 1
+    while (run.stage(n) / "outcome.json").is_file():
+        out.append(json.loads((run.stage(n) / "outcome.json").read_text()))
+        n += 1
+    return out
+
+
+def outcome_table(outcomes: list[dict]) -> str:
+    """Per stage: full / pruned / ReDPO per aspect and parameters (the paper's Table B)."""
+    rows = []
+    for o in outcomes:
+        for name, key, params in (("full", "full", o["params"]["full"]), ("pruned", "pruned", o["params"]["student"]),
+                                  ("ReDPO", "redpo", o["params"]["student"])):
+            m = o[key]
+            rows.append((f"stage {o['stage']}", name, *(f"{m[a]:.3f}" for a in ASPECTS), f"{m['total']:.3f}",
+                         f"{params:,}", ", ".join(SHORT[t] for t in o["targets"]) if name == "ReDPO" else ""))
+    header = ("stage", "model", *(SHORT[a] for a in ASPECTS), "total", "params", "target")
+    return format_rows(rows, header)
+
+
+def curation_summary(record: dict | None) -> str:
+    if not record:
+        return "(no curation yet)"
+    from vip.curation import RULE_TEXT
+
+    lines = [f"targets {', '.join(record['targets'])}: kept {record['kept']} of {record['candidates']} candidate pairs"
+             + (f" ({record['duplicates']} exact duplicates dropped)" if record.get("duplicates") else "")]
+    lines += [f"  rejected {record['rejected'][r]:>4}: {RULE_TEXT[r]}" for r in record["rejected"]]
+    return "\n".join(lines)
 
 
 def format_rows(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:

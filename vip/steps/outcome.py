@@ -1,0 +1,48 @@
+"""The end of a stage: score the ReDPO-trained student on the evaluation set, beside the full
+teacher and the pruned student before training (the paper's Table B, one stage per row group)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vip.evaluate import evaluate, mean_scores
+from vip.models.registry import load_video_model
+from vip.steps import target
+from vip.steps.context import StageContext
+from vip.store import IncompleteError, atomic_write_json
+from vip.train.redpo_trainer import final_path
+
+
+def outcome_path(ctx: StageContext) -> Path:
+    return ctx.dir / "outcome.json"
+
+
+def run(ctx: StageContext) -> dict:
+    tgt = target.load(ctx)
+    if tgt is None:
+        raise IncompleteError(f"{target.target_path(ctx)} is missing; run target detection first")
+    trained_dir = final_path(ctx.run, ctx.stage)
+    if not (trained_dir / "removed_units.json").is_file():
+        raise IncompleteError(f"stage {ctx.stage} has no trained student at {trained_dir}; run training first")
+    trained = load_video_model(ctx.cfg.model, trained_dir)
+    es = ctx.eval_set
+    scores = evaluate(trained, ctx.reward, es.prompts, es.seeds, ctx.cfg.loo.batch_size, timed=ctx.timed)
+    record = {
+        "stage": ctx.stage, "targets": tgt["targets"],
+        "full": tgt["teacher"], "pruned": tgt["pruned"], "redpo": mean_scores(scores),
+        "params": {"full": ctx.teacher.num_params(), "student": trained.num_params()},
+        "removed_units": json.loads((trained_dir / "removed_units.json").read_text()),
+        "config_sha256": ctx.cfg.hash(),
+    }
+    atomic_write_json(outcome_path(ctx), record)
+    return record
+
+
+def load(ctx: StageContext) -> dict | None:
+    p = outcome_path(ctx)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def is_done(ctx: StageContext) -> bool:
+    o = load(ctx)
+    return bool(o) and o.get("config_sha256") == ctx.cfg.hash()
