@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import typing
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -296,7 +297,8 @@ _SBATCH_OPTION = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*(=.*)?", re.DOTALL)
 
 
 def has_control_chars(value: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in value)
+    """Newlines and other control characters (C0, DEL, C1) and the Unicode line/paragraph separators."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value)
 
 
 def validate_slurm(s: SlurmConfig) -> None:

@@ -1,0 +1,77 @@
+"""Write the sbatch scripts of one stage (sbatch/*.sbatch filled from the config) into the run directory.
+
+    python jobs/render_sbatch.py --config configs/toyvid.yaml --stage 1 [--run-dir DIR] [section.key=value ...]
+    python jobs/render_sbatch.py --run-dir runs/toyvid --stage 1 --steps pairs,curate,train   # config.yaml of the run
+    bash runs/toyvid/sbatch/stage1/submit.sh        # submits them in order with afterany dependencies
+
+Slurm settings come from the config's slurm section (slurm.partition=gpu slurm.account=... on the
+command line works too). Array sizes come from the steps' plans: the leave-one-out plan is written
+here if missing (this loads the model; --no-plan skips it), others are read if present, or given
+with --tasks loo=12,pairs=4. The run directory's config is frozen like jobs/stage.py does.
+"""
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vip import config as vip_config  # noqa: E402
+from vip.cli import fail_cleanly  # noqa: E402
+
+
+def parse_tasks(text: str) -> dict[str, int]:
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        step, sep, n = item.partition("=")
+        if not sep or not n.isdigit() or int(n) < 1:
+            raise vip_config.ConfigError(f"--tasks takes step=count pairs like loo=12,pairs=4; got {item!r}")
+        out[step] = int(n)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="config file (default: <run-dir>/config.yaml, else configs/toyvid.yaml)")
+    ap.add_argument("--run-dir", help="run directory (default: <run.root>/<run.name>)")
+    ap.add_argument("--stage", type=int, default=1)
+    ap.add_argument("--steps", default="", help="comma-separated steps (default: all; filter only in stage 1)")
+    ap.add_argument("--tasks", default="", help="array sizes, e.g. loo=12,pairs=4 (default: from the plans)")
+    ap.add_argument("--no-plan", action="store_true", help="do not write the leave-one-out plan (no model load)")
+    ap.add_argument("--max-array-size", type=int, help="default: the cluster's MaxArraySize, else 1001")
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = ap.parse_intermixed_args()
+
+    with fail_cleanly():
+        config_path = args.config
+        if config_path is None:
+            frozen = Path(args.run_dir) / "config.yaml" if args.run_dir else None
+            config_path = frozen if frozen is not None and frozen.is_file() else "configs/toyvid.yaml"
+        cfg = vip_config.load(config_path, args.overrides)
+        from vip.orchestrate import render
+        from vip.store import RunDir
+
+        run = RunDir.for_config(cfg, args.run_dir)
+        steps = [s for s in args.steps.split(",") if s] or None
+        tasks = {**render.known_task_counts(cfg, run, args.stage), **parse_tasks(args.tasks)}
+        run.freeze(cfg)  # before any plan is written: the scripts read <run>/config.yaml
+        if "loo" not in tasks and not args.no_plan and (steps is None or "loo" in steps):
+            from vip.steps import loo
+            from vip.steps.context import StageContext
+
+            tasks["loo"] = len(loo.plan(StageContext(run, cfg, args.stage))["tasks"])
+        if "filter" not in tasks and args.stage == 1 and (steps is None or "filter" in steps):
+            try:  # cheap: reads the source prompts only
+                from vip.steps import filter as prompt_filter
+
+                tasks["filter"] = len(prompt_filter.plan(run, cfg)["tasks"])
+            except (ImportError, vip_config.ConfigError) as e:
+                print(f"note: filter task count unknown ({e}); give --tasks filter=N", file=sys.stderr)
+        written = render.render(cfg, run, args.stage, steps, tasks, max_array=args.max_array_size)
+        for path in written:
+            print(path)
+        print(f"\nsubmit in order: bash {shlex.quote(str(written[-1]))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The job ledger: which Slurm jobs were submitted for which step and task, in `<stage>/jobs.json`.
+
+Only a submitting process writes jobs.json, under a file lock held across "check the queue,
+submit, record", so two drivers started at once never submit the same task twice. Array tasks
+running on the nodes never write it: each requeue or checkpoint event is its own small file under
+`<stage>/jobs.events/<step>/`, written atomically, and read back with the ledger.
+
+An entry: {"job_id": "123", "kind": "array"|"cpu"|"gpu"|"train", "elements": {"123_0": 7, ...}
+(Slurm job id of each array element -> the step's task index; a job that is not an array has one
+element, its own id, with task null), "depends_on": [...], "log_dir": ..., "submitted": ISO time}.
+Reading it needs no Slurm: `vip.orchestrate.status` can show it anywhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+
+from vip.store import atomic_write_json
+
+
+class Ledger:
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.path = self.dir / "jobs.json"
+        self.events_dir = self.dir / "jobs.events"
+
+    @contextmanager
+    def lock(self, timeout: float = 300):
+        """Held by a submitter from the queue check to the record (not by array tasks)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock", timeout=timeout):
+            yield self
+
+    def read(self) -> dict:
+        if not self.path.is_file():
+            return {"steps": {}}
+        return json.loads(self.path.read_text())
+
+    def entries(self, step: str) -> list[dict]:
+        return self.read()["steps"].get(step, [])
+
+    def steps(self) -> list[str]:
+        return list(self.read()["steps"])
+
+    def add(self, step: str, entry: dict) -> None:
+        """Append one submission (call under `lock()`)."""
+        data = self.read()
+        entry = {"submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}
+        data["steps"].setdefault(step, []).append(entry)
+        atomic_write_json(self.path, data)
+
+    def record_event(self, step: str, event: dict) -> Path:
+        """One event of a running job (requeued, checkpointed, gave up), as its own file."""
+        name = "_".join(str(event.get(k, "")) for k in ("job_id", "event", "restart"))
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", name) + f".{os.getpid()}.json"
+        path = self.events_dir / step / name
+        atomic_write_json(path, {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event})
+        return path
+
+    def events(self, step: str) -> list[dict]:
+        d = self.events_dir / step
+        if not d.is_dir():
+            return []
+        out = []
+        for p in d.glob("*.json"):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, ValueError):
+                continue  # a file being replaced right now; the next read sees it
+        return sorted(out, key=lambda e: (e.get("time", ""), str(e.get("job_id", "")), e.get("restart", 0)))
+
+    def requeues(self, step: str) -> dict[str, int]:
+        """Highest restart count seen per job element (0 for those never requeued are left out)."""
+        out: dict[str, int] = {}
+        for e in self.events(step):
+            if e.get("event") == "restarted":
+                out[e["job_id"]] = max(out.get(e["job_id"], 0), int(e.get("restart", 0)))
+        return out
+
+    def elements(self, step: str) -> dict[str, int | None]:
+        """Every recorded job element of a step -> its task index (None for a single job)."""
+        out: dict[str, int | None] = {}
+        for e in self.entries(step):
+            out.update(e["elements"])
+        return out

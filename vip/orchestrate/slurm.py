@@ -1,0 +1,531 @@
+"""The Slurm executor (submitit): job arrays for fanned-out steps, single jobs for the rest.
+
+    submit_array(ctx, "loo")                       -> array job ids (only tasks neither done nor queued)
+    submit_job(ctx, "select", fn, kind="cpu", depends_on=ids)
+    submit_job(ctx, "train", fn, kind="train", depends_on=ids)   # nodes x GPUs, one task per GPU
+    wait(ids) / job_states(ids) / active_tasks(ledger, step)
+
+Every submission is recorded in the stage's ledger (<stage>/jobs.json) under a file lock, after the
+recorded jobs were checked against the queue (squeue) and accounting (sacct): a task whose job is
+pending, running or requeued is never submitted again. Logs and the generated sbatch scripts of
+each job are under <run>/logs/stage<N>/<step>/ (submitit's folder).
+
+Array tasks are Checkpointable: on the preemption / time-limit signal submitit asks them to
+checkpoint and requeues them; a restarted task reruns its work unless its shard is already done.
+Every restart is recorded as a ledger event; past slurm.max_requeues the task fails instead.
+
+Nothing outside vip/orchestrate/ imports this module (or submitit).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.helpers import Checkpointable
+
+from vip.config import Config, ConfigError, SlurmConfig, has_control_chars
+from vip.orchestrate.ledger import Ledger
+from vip.steps.context import StageContext
+from vip.store import RunDir
+
+EXIT_REQUEUE = 75  # a step function returning this (or exiting with it) asks to be requeued (the trainer does)
+
+# States in which a job element is over; anything else squeue or sacct shows (PENDING, RUNNING,
+# REQUEUED, REQUEUE_HOLD, SUSPENDED, COMPLETING, CONFIGURING, ...) counts as still in the queue.
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+            "DEADLINE", "OUT_OF_MEMORY", "REVOKED", "UNKNOWN"}
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command failed or answered something unexpected; the message is one line."""
+
+
+# ----------------------------------------------------------------------------- Slurm commands
+
+def _run(cmd: list[str], timeout: float = 60) -> str:
+    exe = shutil.which(cmd[0])
+    if exe is None:
+        raise SlurmError(f"'{cmd[0]}' is not on PATH: runtime.executor=slurm needs the Slurm client commands")
+    try:
+        r = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"'{' '.join(cmd[:3])} ...' did not answer in {timeout:.0f}s") from None
+    if r.returncode != 0:
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        raise SlurmError(f"'{' '.join(cmd[:3])} ...' failed (exit {r.returncode}): {msg[-1] if msg else 'no output'}")
+    return r.stdout
+
+
+@functools.lru_cache(maxsize=1)
+def max_array_size() -> int:
+    """MaxArraySize of the cluster (array indices must stay below it)."""
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", _run(["scontrol", "show", "config"]), re.MULTILINE)
+    return int(m.group(1)) if m else 1001  # Slurm's default
+
+
+def expand_ids(token: str) -> list[str]:
+    """'123_[0-2,5%2]' -> ['123_0', '123_1', '123_2', '123_5']; '123_4' and '124' stay as they are."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]*)\]", token)
+    if not m:
+        return [token]
+    base, spec = m.group(1), m.group(2).split("%")[0]
+    out = []
+    for part in filter(None, spec.split(",")):
+        lo, _, hi = part.partition("-")
+        out += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def queue_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """Element id -> state for the given jobs (array or not) that the controller still knows.
+    Raises SlurmError when squeue fails: then nothing can be known and nothing may be submitted."""
+    bases = {str(j).split("_")[0] for j in job_ids}
+    if not bases:
+        return {}
+    out = {}
+    for line in _run(["squeue", "-h", "-r", "--me", "-t", "all", "-o", "%i|%T"]).splitlines():
+        jid, _, state = line.strip().partition("|")
+        if jid.split("_")[0] in bases:
+            for e in expand_ids(jid):
+                out[e] = state.strip()
+    return out
+
+
+def accounting_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """Element id -> state from sacct (the last run of each element); {} when accounting is unavailable."""
+    bases = sorted({str(j).split("_")[0] for j in job_ids})
+    if not bases:
+        return {}
+    try:
+        text = _run(["sacct", "-n", "-X", "-P", "-j", ",".join(bases), "-o", "JobID,State"])
+    except SlurmError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        jid, _, state = line.strip().partition("|")
+        for e in expand_ids(jid):
+            out[e] = state.split(" ")[0]  # "CANCELLED by 0" -> CANCELLED
+    return out
+
+
+def job_states(elements: Iterable[str]) -> dict[str, str]:
+    """State of every element: the queue's word when it still lists the element, else accounting's,
+    else UNKNOWN (purged from both: long over)."""
+    elements = [str(e) for e in elements]
+    queue = queue_states(elements)
+    rest = [e for e in elements if e not in queue]
+    acct = accounting_states(rest) if rest else {}
+    out = {}
+    for e in elements:
+        if e in queue:
+            out[e] = queue[e]
+        elif e in acct:
+            out[e] = acct[e]
+        elif "_" in e and e.split("_")[0] in acct:  # an element sacct still folds into its array
+            out[e] = acct[e.split("_")[0]]
+        else:
+            out[e] = "UNKNOWN"
+    return out
+
+
+def is_active(state: str) -> bool:
+    return state not in TERMINAL
+
+
+def active_tasks(ledger: Ledger, step: str) -> dict[int | None, str]:
+    """Task index -> job element, for the step's recorded jobs still pending/running/requeued."""
+    elements = ledger.elements(step)
+    states = job_states(elements)
+    return {task: e for e, task in elements.items() if is_active(states[e])}
+
+
+def wait(job_ids: Sequence[str], timeout: float | None = None, poll: float = 2.0) -> dict[str, str]:
+    """Block until no element of these jobs is in the queue; returns each element's final state.
+    An array id ('123') stands for all its elements; they are looked up again on every poll."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        states = job_states({e for j in job_ids for e in _elements_of(j)})
+        if not any(is_active(s) for s in states.values()):
+            return {e: s for e, s in states.items() if "_" in e or not any(o.startswith(e + "_") for o in states)}
+        if deadline is not None and time.monotonic() > deadline:
+            busy = sorted(e for e, s in states.items() if is_active(s))
+            raise SlurmError(f"jobs still in the queue after {timeout:.0f}s: {', '.join(busy[:10])}")
+        time.sleep(poll)
+
+
+def _elements_of(job_id: str) -> list[str]:
+    """An array job id ('123') stands for its elements: ask the queue and accounting which they are."""
+    job_id = str(job_id)
+    if "_" in job_id:
+        return [job_id]
+    found = [e for e in {**accounting_states([job_id]), **queue_states([job_id])} if e.split("_")[0] == job_id]
+    return sorted(found) or [job_id]
+
+
+# ----------------------------------------------------------------------------- executors
+
+def job_name(cfg: Config, stage: int, step: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"vip-{cfg.run.name}-s{stage}-{step}")[:100]
+
+
+def sbatch_options(slurm: SlurmConfig, kind: str) -> dict[str, Any]:
+    """Resource options of one kind of job, as submitit parameters.
+    kind: array (one GPU task per array element), gpu (one GPU task), cpu (small job), train (nodes x GPUs)."""
+    if kind not in ("array", "gpu", "cpu", "train"):
+        raise ValueError(f"unknown job kind {kind!r}")
+    p: dict[str, Any] = {"nodes": 1, "tasks_per_node": 1}
+    extra: dict[str, Any] = {}
+    if kind == "cpu":
+        partition, p["timeout_min"], p["cpus_per_task"] = slurm.cpu_partition or slurm.partition, slurm.cpu_time, 2
+    else:
+        partition, p["timeout_min"], p["cpus_per_task"] = slurm.partition, slurm.time, slurm.cpus_per_task
+        if slurm.mem_gb:
+            p["mem_gb"] = slurm.mem_gb
+    if kind in ("array", "gpu") and slurm.array_gpus:
+        p["gpus_per_node"] = slurm.array_gpus
+    if kind == "train":
+        p["nodes"] = slurm.nodes
+        p["tasks_per_node"] = max(1, slurm.gpus_per_node)  # one task per GPU
+        if slurm.gpus_per_node:
+            p["gpus_per_node"] = slurm.gpus_per_node
+        # The trainer handles USR1 itself (flag, all ranks save, exit 75); submitit keeps USR2.
+        extra["signal"] = f"USR1@{slurm.signal_delay_s}"
+    if partition:
+        p["slurm_partition"] = partition
+    for key in ("account", "qos", "constraint", "exclude"):
+        if getattr(slurm, key):
+            p[f"slurm_{key}"] = getattr(slurm, key)
+    for opt in slurm.extra:
+        key, eq, value = opt.lstrip("-").partition("=")
+        extra[key] = value if eq else True
+    p["slurm_signal_delay_s"] = slurm.signal_delay_s
+    p["slurm_setup"] = ["export HDF5_USE_FILE_LOCKING=FALSE"]
+    if extra:
+        p["slurm_additional_parameters"] = extra
+    return p
+
+
+def make_executor(folder: Path, slurm: SlurmConfig, kind: str, name: str,
+                  depends_on: Sequence[str] = ()) -> submitit.AutoExecutor:
+    if has_control_chars(str(folder)):
+        raise ConfigError(f"the log folder {str(folder)!r} contains a newline or control character, which an "
+                          "#SBATCH line cannot hold; use another run directory")
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=slurm.max_requeues)
+    params = sbatch_options(slurm, kind)
+    if kind == "array":  # 0 = no cap (submitit's own default would be %256)
+        params["slurm_array_parallelism"] = slurm.array_parallelism or 1_000_000
+    live = live_dependencies(depends_on)
+    if live:
+        extra = dict(params.get("slurm_additional_parameters", {}))
+        extra["dependency"] = "afterany:" + ":".join(live)
+        params["slurm_additional_parameters"] = extra
+    ex.update_parameters(name=name, **params)
+    return ex
+
+
+def live_dependencies(job_ids: Sequence[str]) -> list[str]:
+    """The ids still in the queue: a job long over needs no dependency (and sbatch would refuse one
+    the controller has forgotten)."""
+    ids = [str(j) for j in job_ids]
+    if not ids:
+        return []
+    queue = queue_states(ids)
+
+    def live(j: str) -> bool:  # an array id stands for all its elements
+        base = j.split("_")[0]
+        return any(is_active(s) and (e == j or ("_" not in j and e.split("_")[0] == base)) for e, s in queue.items())
+
+    return [j for j in ids if live(j)]
+
+
+def map_array(folder: Path, fn: Callable, items: Sequence, slurm: SlurmConfig, name: str,
+              depends_on: Sequence[str] = (), kind: str = "array") -> list[submitit.Job]:
+    """fn(item) for every item as Slurm job arrays: one array per MaxArraySize items, each capped at
+    slurm.array_parallelism tasks at once; with a cap, each array waits for the one before (afterany)
+    so the cap holds over all of them. Returns the jobs, one per item, in order."""
+    size = max_array_size()
+    jobs: list[submitit.Job] = []
+    after = list(depends_on)
+    for lo in range(0, len(items), size):
+        chunk = list(items[lo:lo + size])
+        ex = make_executor(folder, slurm, kind, name, after)
+        with ex.batch():
+            chunk_jobs = [ex.submit(fn, item) for item in chunk]
+        jobs += chunk_jobs
+        if slurm.array_parallelism:
+            after = [chunk_jobs[0].job_id.split("_")[0]]
+    return jobs
+
+
+# ----------------------------------------------------------------------------- what runs on the nodes
+
+@dataclass(frozen=True)
+class ArrayStep:
+    """How a fanned-out step's task runs: missing(ctx) -> [task], run(ctx, task), done(ctx, task)."""
+
+    missing: Callable[[StageContext], list[int]]
+    run: Callable[[StageContext, int], Any]
+    done: Callable[[StageContext, int], bool]
+
+
+def _loo_missing(ctx):
+    from vip.steps import loo
+    return loo.missing(ctx)
+
+
+def _loo_run(ctx, i):
+    from vip.steps import loo
+    loo.run_task(ctx, i)
+
+
+def _loo_done(ctx, i):
+    from vip.steps import loo
+    return loo.shards(ctx).is_done(i)
+
+
+def _pairs_missing(ctx):
+    from vip.steps import pairs
+    return pairs.missing(ctx)
+
+
+def _pairs_run(ctx, i):
+    from vip.steps import pairs
+    pairs.run_task(ctx, i)
+
+
+def _pairs_done(ctx, i):
+    return i not in _pairs_missing(ctx)
+
+
+def _filter_missing(ctx):  # once per run: ctx.stage is 0
+    from vip.steps import filter as prompt_filter
+    return prompt_filter.missing(ctx.run, ctx.cfg)
+
+
+def _filter_run(ctx, i):
+    from vip.steps import filter as prompt_filter
+    prompt_filter.run_task(ctx.run, ctx.cfg, i)
+
+
+def _filter_done(ctx, i):
+    from vip.steps import filter as prompt_filter
+    return prompt_filter.shards(ctx.run).is_done(i)
+
+
+ARRAY_STEPS: dict[str, ArrayStep] = {
+    "loo": ArrayStep(_loo_missing, _loo_run, _loo_done),
+    "pairs": ArrayStep(_pairs_missing, _pairs_run, _pairs_done),
+    "filter": ArrayStep(_filter_missing, _filter_run, _filter_done),
+}
+
+
+def ledger_for(ctx: StageContext) -> Ledger:
+    """A stage's ledger is <stage>/jobs.json; run-wide steps (stage 0, e.g. filter) use <run>/jobs.json."""
+    return Ledger(ctx.dir if ctx.stage >= 1 else ctx.run.path)
+
+
+def log_dir(ctx: StageContext, step: str) -> Path:
+    return ctx.run.path / "logs" / (f"stage{ctx.stage}" if ctx.stage >= 1 else "run") / step
+
+
+def _restarts() -> int:
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def _element_id() -> str:
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID", "local")
+
+
+class RequeueLimitError(RuntimeError):
+    pass
+
+
+class _OnNode(Checkpointable):
+    """Shared by array tasks and single jobs: rebuild the StageContext, count restarts, requeue on demand."""
+
+    def __init__(self, step: str, run_path: str, cfg: Config, stage: int):
+        self.step, self.run_path, self.cfg, self.stage = step, str(run_path), cfg, stage
+
+    def _ctx(self) -> StageContext:
+        return StageContext(RunDir(self.run_path), self.cfg, self.stage)
+
+    def _ledger(self) -> Ledger:
+        return ledger_for(self._ctx())
+
+    def _note_restart(self, task) -> None:
+        n = _restarts()
+        if n == 0:
+            return
+        self._ledger().record_event(self.step, {"event": "restarted", "job_id": _element_id(), "task": task,
+                                                "restart": n, "host": os.environ.get("SLURMD_NODENAME", "")})
+        if n > self.cfg.slurm.max_requeues:
+            raise RequeueLimitError(f"{self.step} task {task} was requeued {n} times, more than slurm.max_requeues="
+                                    f"{self.cfg.slurm.max_requeues}; not running it again")
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on the preemption / time-limit signal: requeue unless over the limit."""
+        n = _restarts()
+        over = n + 1 > self.cfg.slurm.max_requeues
+        self._ledger().record_event(self.step, {"event": "gave_up" if over else "checkpoint", "job_id": _element_id(),
+                                                "restart": n, "task": args[0] if args else None})
+        if over:
+            return None  # submitit then ends the task as failed instead of requeueing it
+        return super().checkpoint(*args, **kwargs)
+
+    def _requeue_self(self) -> bool:
+        """The work asked to run again (it saved a checkpoint): requeue this job unless over the limit."""
+        n = _restarts()
+        if n + 1 > self.cfg.slurm.max_requeues:
+            self._ledger().record_event(self.step, {"event": "gave_up", "job_id": _element_id(), "restart": n})
+            return False
+        self._ledger().record_event(self.step, {"event": "requeue", "job_id": _element_id(), "restart": n})
+        subprocess.run(["scontrol", "requeue", _element_id()], check=True, timeout=60)
+        return True
+
+
+class ArrayTask(_OnNode):
+    """One task of a fanned-out step, run by a submitit array element: task(index)."""
+
+    def __init__(self, step: str, run_path: str, cfg: Config, stage: int, spec: ArrayStep | None = None):
+        super().__init__(step, run_path, cfg, stage)
+        self.spec = spec
+
+    def __call__(self, index: int) -> dict:
+        t0 = time.time()
+        self._note_restart(index)
+        ctx = self._ctx()
+        spec = self.spec or ARRAY_STEPS[self.step]
+        info = {"task": index, "job_id": _element_id(), "host": os.environ.get("SLURMD_NODENAME", socket.gethostname()),
+                "restart": _restarts(), "start": t0}
+        if spec.done(ctx, index):
+            return {**info, "skipped": True, "end": time.time()}
+        result = spec.run(ctx, index)
+        if result == EXIT_REQUEUE and self._requeue_self():
+            return {**info, "requeued": True, "end": time.time()}
+        return {**info, "skipped": False, "end": time.time()}
+
+
+class StepJob(_OnNode):
+    """A single job: fn(ctx) on every task of the job (training: one task per GPU, with RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set from Slurm before fn runs).
+    fn returning EXIT_REQUEUE (75) or exiting with it on rank 0 requeues the job."""
+
+    def __init__(self, step: str, run_path: str, cfg: Config, stage: int, fn: Callable[[StageContext], Any]):
+        super().__init__(step, run_path, cfg, stage)
+        self.fn = fn
+
+    def __call__(self) -> Any:
+        env = submitit.JobEnvironment()
+        if env.global_rank == 0:
+            self._note_restart(None)
+        set_distributed_env(env)
+        try:
+            result = self.fn(self._ctx())
+        except SystemExit as e:
+            if e.code != EXIT_REQUEUE:
+                raise
+            result = EXIT_REQUEUE
+        if result == EXIT_REQUEUE and env.global_rank == 0:
+            self._requeue_self()
+        return result
+
+
+def set_distributed_env(env: "submitit.JobEnvironment") -> None:
+    """torch.distributed's variables from Slurm's, for launchers that read the environment."""
+    os.environ.setdefault("RANK", str(env.global_rank))
+    os.environ.setdefault("WORLD_SIZE", str(env.num_tasks))
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+    os.environ.setdefault("LOCAL_WORLD_SIZE", str(max(1, env.num_tasks // max(1, env.num_nodes))))
+    if "MASTER_ADDR" not in os.environ:
+        os.environ["MASTER_ADDR"] = node_address(env.hostnames[0])
+    jid = int(re.sub(r"\D", "", str(os.environ.get("SLURM_JOB_ID", "0"))) or 0)
+    os.environ.setdefault("MASTER_PORT", str(20000 + jid % 20000))
+
+
+def node_address(node: str) -> str:
+    """The address of a Slurm node (NodeAddr: on a test cluster all nodes are localhost)."""
+    try:
+        m = re.search(r"NodeAddr=(\S+)", _run(["scontrol", "show", "node", "-o", node], timeout=30))
+        return m.group(1) if m else node
+    except SlurmError:
+        return node
+
+
+# ----------------------------------------------------------------------------- submission
+
+def submit_array(ctx: StageContext, step: str, indices: Sequence[int] | None = None,
+                 depends_on: Sequence[str] = (), spec: ArrayStep | None = None) -> list[str]:
+    """Submit the step's tasks that are neither done nor already queued, as job arrays.
+
+    indices: the tasks to consider (default: the step's missing ones; the plan must be written,
+    which spec.missing does). Returns the array job ids submitted ([] when nothing was needed)."""
+    custom = spec
+    spec = spec or ARRAY_STEPS[step]
+    ledger = ledger_for(ctx)
+    with ledger.lock():
+        todo = sorted(set(spec.missing(ctx) if indices is None else indices))
+        queued = active_tasks(ledger, step)
+        todo = [i for i in todo if i not in queued]
+        if not todo:
+            return []
+        folder = log_dir(ctx, step)
+        task = ArrayTask(step, str(ctx.run.path), ctx.cfg, ctx.stage, custom)
+        jobs = map_array(folder, task, todo, ctx.cfg.slurm, job_name(ctx.cfg, ctx.stage, step), depends_on)
+        ids: dict[str, dict[str, int]] = {}
+        for job, i in zip(jobs, todo):
+            ids.setdefault(job.job_id.split("_")[0], {})[job.job_id] = i
+        for jid, elements in ids.items():
+            ledger.add(step, {"job_id": jid, "kind": "array", "elements": elements, "depends_on": list(depends_on),
+                              "log_dir": str(folder)})
+    return list(ids)
+
+
+def submit_job(ctx: StageContext, step: str, fn: Callable[[StageContext], Any], kind: str = "cpu",
+               depends_on: Sequence[str] = ()) -> str:
+    """Submit fn(ctx) as one job (kind cpu, gpu or train) after depends_on (afterany), unless a job
+    of this step is already pending or running: then its id is returned and nothing is submitted.
+    fn must be picklable (a module-level function): it runs in another process on a node."""
+    if kind not in ("cpu", "gpu", "train"):
+        raise ValueError(f"submit_job kind must be cpu, gpu or train, got {kind!r}")
+    ledger = ledger_for(ctx)
+    with ledger.lock():
+        queued = active_tasks(ledger, step)
+        if queued:
+            return sorted(queued.values())[0]
+        folder = log_dir(ctx, step)
+        ex = make_executor(folder, ctx.cfg.slurm, kind, job_name(ctx.cfg, ctx.stage, step), depends_on)
+        job = ex.submit(StepJob(step, str(ctx.run.path), ctx.cfg, ctx.stage, fn))
+        ledger.add(step, {"job_id": job.job_id, "kind": kind, "elements": {job.job_id: None},
+                          "depends_on": list(depends_on), "log_dir": str(folder)})
+    return job.job_id
+
+
+def step_summary(ledger: Ledger, step: str) -> dict[str, int]:
+    """State -> number of the step's recorded job elements in it (for status displays)."""
+    counts: dict[str, int] = {}
+    for state in job_states(ledger.elements(step)).values():
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def available() -> bool:
+    """Whether this machine can talk to a Slurm controller."""
+    try:
+        _run(["sinfo", "-h", "-o", "%P"], timeout=20)
+        return True
+    except SlurmError:
+        return False
+
