@@ -29,6 +29,7 @@ def test_loo_on_slurm_merges_to_the_local_result_and_never_duplicates(tmp_path, 
         elements = ledger.elements("loo")
         assert sorted(elements.values()) == [0, 1, 2]
         assert set(slurm.job_states(elements).values()) == {"PENDING"}
+        assert slurm.queued_ids(ledger, "loo") == ids  # what a dependent job waits for
         assert slurm.submit_array(ctx, "loo") == []  # all three are queued: nothing new
         assert slurm.submit_array(ctx, "loo", indices=[0, 2]) == []
         assert len(ledger.entries("loo")) == 1

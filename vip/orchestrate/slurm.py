@@ -149,6 +149,12 @@ def active_tasks(ledger: Ledger, step: str) -> dict[int | None, str]:
     return {task: e for e, task in elements.items() if is_active(states[e])}
 
 
+def queued_ids(ledger: Ledger, step: str) -> list[str]:
+    """Job ids (array ids for arrays) of the step with an element still pending, running or requeued:
+    what a dependent job must wait for, whether this call submitted it or an earlier one did."""
+    return sorted({e.split("_")[0] for e in active_tasks(ledger, step).values()}, key=lambda j: int(j))
+
+
 def wait(job_ids: Sequence[str], timeout: float | None = None, poll: float = 2.0) -> dict[str, str]:
     """Block until no element of these jobs is in the queue; returns each element's final state.
     An array id ('123') stands for all its elements; they are looked up again on every poll."""
