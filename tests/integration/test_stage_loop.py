@@ -1,0 +1,122 @@
+"""Two full stages on the shipped teacher through jobs/stage.py: leave-one-out, selection, prompt
+filter, target, pairs, curation, ReDPO training, outcome; stage 2 starts from stage 1's student."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vip.models.motion_unet import MotionUNetModel
+from vip.models.registry import SHIPPED_TEACHER
+from vip.rewards.base import ASPECTS
+from vip.steps import loo
+from vip.store import read_h5, sha256_tree
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+ARGS = ["model.steps=4", "prompts.eval_count=6", "select.k=2", "loo.batch_size=6",
+        "loo.units=down_blocks.0.motion_modules.0,down_blocks.1.motion_modules.1,up_blocks.2.motion_modules.0,"
+        "mid_block.motion_modules.0,up_blocks.1.motion_modules.2",
+        "curate.max_prompts=8", "curate.seeds_per_prompt=2", "curate.samples_per_task=8",
+        "train.epochs=1", "train.batch_size=2", "runtime.progress=false"]
+
+
+def _stages(run_dir, *extra):
+    return subprocess.run([sys.executable, str(ROOT / "jobs/stage.py"), "--stage", "1", "--until", "2",
+                           "--run-dir", str(run_dir), *ARGS, *extra], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+
+
+@pytest.fixture(scope="module")
+def two_stages(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("loop") / "run"
+    r = _stages(run_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run_dir, r.stdout
+
+
+def test_pairs_prefer_the_teacher_in_the_target_and_obey_the_rules(two_stages):
+    run_dir, _ = two_stages
+    for stage in (1, 2):
+        d = run_dir / f"stage{stage}"
+        arrays, attrs = read_h5(d / "pairs.h5")
+        record = json.loads((d / "curation.json").read_text())
+        targets = json.loads(attrs["targets"])
+        assert targets == json.loads((d / "target.json").read_text())["targets"] == record["targets"]
+        assert len(arrays["prompts"]) == record["kept"] > 0
+        t = [ASPECTS.index(a) for a in targets]
+        gap = arrays["scores_w"] - arrays["scores_l"]
+        assert (gap[:, t] > 0).all()  # the preferred video is better in the target
+        others = [i for i in range(4) if i not in t]
+        assert (gap[:, t].min(1) > gap[:, others].max(1)).all()
+        for a in targets:
+            assert (arrays["scores_l"][:, ASPECTS.index(a)] >= record["floors"][a] - 1e-6).all()
+        assert record["kept"] + max(record["rejected"].values()) <= record["candidates"]
+
+
+def test_preferred_is_the_teacher_video_and_unpreferred_the_students(two_stages):
+    run_dir, _ = two_stages
+    arrays, _ = read_h5(run_dir / "stage1" / "pairs.h5")
+    prompt, seed = [str(arrays["prompts"][0])], [int(arrays["seeds"][0])]
+    teacher = MotionUNetModel.load(SHIPPED_TEACHER)
+    student = MotionUNetModel.load(run_dir / "stage1" / "pruned")
+    for m in (teacher, student):
+        m.meta["steps"] = 4
+    lat_w = teacher.sample_latents(prompt, seed).half().numpy()[0]
+    lat_l = student.sample_latents(prompt, seed).half().numpy()[0]
+    # equal up to float rounding (a batch of one sums in another order than the task's batch)
+    close = lambda a, b: np.abs(a.astype(np.float32) - b.astype(np.float32)).max()  # noqa: E731
+    assert close(lat_w, arrays["latents_w"][0]) < 2e-3 and close(lat_l, arrays["latents_l"][0]) < 2e-3
+    assert close(lat_w, lat_l) > 0.1  # and the two sides really are different models' videos
+
+
+def test_stage2_starts_from_stage1s_trained_student(two_stages):
+    run_dir, stdout = two_stages
+    plan = loo.read_plan(run_dir / "stage2")
+    final = run_dir / "stage1" / "train" / "final"
+    assert Path(plan["model"]) == final and plan["model_sha256"] == sha256_tree(final)
+    trained = MotionUNetModel.load(final)
+    pruned = MotionUNetModel.load(run_dir / "stage1" / "pruned")
+    assert trained.units() == pruned.units()
+    w_t, w_p = trained.unet.state_dict(), pruned.unet.state_dict()
+    assert any(not torch.equal(w_t[k], w_p[k]) for k in w_t)  # training changed the student
+    removed2 = json.loads((run_dir / "stage2" / "train" / "final" / "removed_units.json").read_text())
+    sel1 = json.loads((run_dir / "stage1" / "selection.json").read_text())["chosen"]
+    sel2 = json.loads((run_dir / "stage2" / "selection.json").read_text())["chosen"]
+    assert sorted(removed2) == sorted(sel1 + sel2)
+    # the printed Table B: full / pruned / ReDPO per stage, parameters shrinking
+    rows = [ln.split() for ln in stdout.splitlines() if ln.startswith("stage ") and ln.split()[2] in
+            ("full", "pruned", "ReDPO")]
+    assert [(r[1], r[2]) for r in rows] == [(s, m) for s in "12" for m in ("full", "pruned", "ReDPO")]
+    params = [int(r[8].replace(",", "")) for r in rows]
+    assert params[0] == params[3] > params[1] == params[2] > params[4] == params[5]
+    outcome = json.loads((run_dir / "stage2" / "outcome.json").read_text())
+    assert float(rows[5][7]) == pytest.approx(outcome["redpo"]["total"], abs=1e-3)
+
+
+def test_teacher_videos_are_generated_once_per_prompt_set(two_stages):
+    run_dir, _ = two_stages
+    keys = {json.loads((run_dir / f"stage{s}" / "pairs" / "tasks.json").read_text())["teacher_key"] for s in (1, 2)}
+    dirs = sorted(p.name for p in (run_dir / "teacher").glob("pairs-*"))
+    assert dirs == sorted(f"pairs-{k[:16]}" for k in keys)  # one folder per distinct (prompts, seeds, sampler)
+
+
+def test_a_lost_shard_is_regenerated_alone_and_gives_the_same_pairs(two_stages):
+    run_dir, _ = two_stages
+    d = run_dir / "stage2"
+    before, _ = read_h5(d / "pairs.h5")
+    shard = d / "pairs" / "shards" / "task_00001.h5"
+    kept = d / "pairs" / "shards" / "task_00000.h5"
+    mtime = kept.stat().st_mtime_ns
+    shard.unlink()
+    (d / "curation.json").unlink()
+    r = _stages(run_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after, _ = read_h5(d / "pairs.h5")
+    assert kept.stat().st_mtime_ns == mtime and shard.is_file()
+    for k in before:
+        assert np.array_equal(before[k], after[k]), k
