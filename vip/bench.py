@@ -1,6 +1,7 @@
 """Benchmarks (not tests): print figures for docs/benchmarks.md.
 
     python -m vip.bench loo --config configs/toyvid.yaml [--variants 5] [section.key=value ...]
+    python -m vip.bench train --config configs/toyvid.yaml [--steps 10] [section.key=value ...]
 
 `loo` times leave-one-out evaluation as vip runs it (model loaded once, units switched
 off in place, batched generation) against the loop a user would otherwise write with
@@ -72,15 +73,117 @@ def bench_loo(cfg, n_variants: int) -> None:
     print(f"speed-up:     {base_s / ours_s:.2f}x   max score difference {diff:.2e}")
 
 
+TRAIN_MODES = {
+    "vip": "DeepSpeed ZeRO-2, one policy pass on [winner; loser], one teacher pass for reference + SFT",
+    "vip-ref-student": "the same with a separate frozen initial-student reference (3 networks)",
+    "baseline": "plain PyTorch AdamW loop, separate forwards: policy w, policy l, ref w, ref l, teacher w",
+}
+
+
+def bench_train_one(cfg, mode: str, steps: int) -> dict:
+    """One configuration in this process (the caller runs each in its own process for peak memory)."""
+    import resource
+
+    from vip.models.registry import base_model_path
+    from vip.redpo import diffusion_target, pair_loss, redpo_loss
+    from vip.train import dist
+    from vip.train.redpo_trainer import deepspeed_config
+
+    tc = cfg.train
+    teacher = load_video_model(cfg.model, base_model_path(cfg.model))
+    student = teacher.pruned(teacher.units()[:cfg.select.k])
+    teacher.unet.requires_grad_(False)
+    sched = teacher.scheduler
+    g = torch.Generator().manual_seed(0)
+    shape = (tc.batch_size, *teacher.latent_shape)
+    x_w, x_l = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    text = teacher.encode_prompts(["a red circle moving left on a black background"] * tc.batch_size)
+    policy = student.trainable_module().train()
+    reference = None
+    if mode == "vip-ref-student":
+        import copy
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    if mode.startswith("vip"):
+        import deepspeed
+        dist.init("cpu")
+        engine, optim, _, _ = deepspeed.initialize(model=policy, optimizer=torch.optim.AdamW(policy.parameters(), lr=tc.lr),
+                                                   config=deepspeed_config(tc.deepspeed, tc, 1, "cpu"))
+    else:
+        optim = torch.optim.AdamW(policy.parameters(), lr=tc.lr)
+    rep = lambda x: text.repeat(x.shape[0] // tc.batch_size, 1, 1)  # noqa: E731
+    times, first = [], None
+    for i in range(steps + 2):  # two warm-up steps
+        noise = torch.randn(shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (tc.batch_size,), generator=g)
+        t0 = time.perf_counter()
+        if mode.startswith("vip"):
+            out = pair_loss(lambda x, t_: student.predict(x, t_, rep(x), denoiser=engine),
+                            lambda x, t_: teacher.predict(x, t_, rep(x)), sched, x_w, x_l, noise, t,
+                            tc.beta, tc.w_sft, None if reference is None else
+                            (lambda x, t_: teacher.predict(x, t_, rep(x), denoiser=reference)), tc.sft_target)
+            engine.backward(out.loss)
+            engine.step()
+        else:  # what one writes from the formula: every term its own forward pass
+            nw, nl = sched.add_noise(x_w, noise, t), sched.add_noise(x_l, noise, t)
+            tw, tl = diffusion_target(sched, x_w, noise, t), diffusion_target(sched, x_l, noise, t)
+            pw, pl = student.predict(nw, t, text), student.predict(nl, t, text)
+            with torch.no_grad():
+                rw, rl = teacher.predict(nw, t, text), teacher.predict(nl, t, text)
+                sft_t = teacher.predict(nw, t, text)
+            out = redpo_loss(pw, pl, rw, rl, tw, tl, sft_t, tc.beta, tc.w_sft)
+            optim.zero_grad()
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.grad_clip)
+            optim.step()
+        first = out.loss.item() if first is None else first
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    if mode.startswith("vip"):
+        dist.shutdown()
+    return {"mode": mode, "pairs_per_s": tc.batch_size * len(times) / sum(times), "s_per_step": float(np.median(times)),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "first_loss": first}
+
+
+def bench_train(args) -> None:
+    import json
+    import subprocess
+    import sys
+
+    results = []
+    for mode in TRAIN_MODES:
+        cmd = [sys.executable, "-m", "vip.bench", "train-one", "--mode", mode, "--steps", str(args.steps),
+               "--config", args.config, *args.overrides]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"benchmark {mode} failed:\n{r.stderr[-2000:]}")
+        results.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    cfg = vip_config.load(args.config, args.overrides)
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}; batch {cfg.train.batch_size} pairs, {args.steps} timed steps")
+    base = next(r for r in results if r["mode"] == "baseline")
+    for r in results:
+        print(f"{r['mode']:16s} {r['pairs_per_s']:6.2f} pairs/s  {r['s_per_step']:6.2f} s/step  "
+              f"peak RSS {r['peak_rss_mb']:7.0f} MB  x{r['pairs_per_s'] / base['pairs_per_s']:.2f} vs baseline  "
+              f"first loss {r['first_loss']:.6g}   ({TRAIN_MODES[r['mode']]})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["loo"])
+    ap.add_argument("what", choices=["loo", "train", "train-one"])
+    ap.add_argument("--steps", type=int, default=10, help="train: timed optimizer steps per configuration")
+    ap.add_argument("--mode", choices=list(TRAIN_MODES), help=argparse.SUPPRESS)
     ap.add_argument("--config", default="configs/toyvid.yaml")
     ap.add_argument("--variants", type=int, default=5, help="full model + this many minus one units")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args()
     with fail_cleanly():
+        if args.what == "train":
+            return bench_train(args)
         cfg = vip_config.load(args.config, args.overrides)
+        if args.what == "train-one":
+            import json
+            print(json.dumps(bench_train_one(cfg, args.mode, args.steps)))
+            return
         bench_loo(cfg, args.variants)
 
 
