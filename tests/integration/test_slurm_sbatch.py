@@ -47,10 +47,10 @@ def test_rendered_scripts_run_on_the_cluster_and_usr1_requeues(tmp_path):
     assert "requeueing" in log1 and "restart 1 of at most 1" in log1
     calls = (stub_dir / "calls.log").read_text().splitlines()
     cfg_path, run_path = run.path / "config.yaml", run.path
-    assert sorted(calls) == sorted([f"jobs/loo.py --config {cfg_path} --run-dir {run_path} --stage 1 --task {t}"
+    assert sorted(calls) == sorted([f"jobs/step.py loo --config {cfg_path} --run-dir {run_path} --stage 1 --task {t}"
                                     for t in (0, 1, 1)]
-                                   + [f"jobs/select.py --config {cfg_path} --run-dir {run_path} --stage 1"])
-    assert calls[-1].startswith("jobs/select.py")  # after the whole array (afterany)
+                                   + [f"jobs/step.py select --config {cfg_path} --run-dir {run_path} --stage 1"])
+    assert calls[-1].startswith("jobs/step.py select")  # after the whole array (afterany)
     assert (logs / "select" / f"vip-toyvid-s1-select-{select_id}.out").is_file()
     assert not any(p.name == "pwned" for p in tmp_path.rglob("pwned"))
     assert not Path("pwned").exists() and not os.path.exists(os.path.expanduser("~/pwned"))

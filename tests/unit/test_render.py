@@ -48,7 +48,7 @@ def test_every_template_renders_parses_and_keeps_the_fixed_options(tmp_path):
     written = _all_steps(cfg, RunDir(tmp_path / "run"), tmp_path, "/usr/bin/python3")
     names = [p.name for p in written]
     assert names == ["filter.sbatch", "filter_merge.sbatch", "loo.sbatch", "select.sbatch", "target.sbatch",
-                     "pairs.sbatch", "curate.sbatch", "train.sbatch", "submit.sh"]
+                     "pairs.sbatch", "curate.sbatch", "train.sbatch", "outcome.sbatch", "submit.sh"]
     for path in written:
         text = path.read_text()
         assert subprocess.run(["bash", "-n", str(path)]).returncode == 0, path.name
@@ -59,7 +59,7 @@ def test_every_template_renders_parses_and_keeps_the_fixed_options(tmp_path):
             assert (tmp_path / "run" / "logs" / "stage1" / path.stem).is_dir()  # sbatch does not create it
     loo = (tmp_path / "run/sbatch/stage1/loo.sbatch").read_text()
     assert "#SBATCH --array=0-2%2" in loo and "#SBATCH --partition=gpu" in loo and "#SBATCH --gpus-per-node=1" in loo
-    assert "jobs/loo.py --config" in loo and '--task "$TASK"' in loo
+    assert "jobs/step.py loo --config" in loo and '--task "$TASK"' in loo
     select = (tmp_path / "run/sbatch/stage1/select.sbatch").read_text()
     assert "#SBATCH --partition=cpu" in select and "gpus" not in select and "#SBATCH --time=60" in select
     train = (tmp_path / "run/sbatch/stage1/train.sbatch").read_text()
@@ -105,7 +105,7 @@ def test_paths_pass_literally_and_never_execute(tmp_path_factory, run_name, repo
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     got = out.read_bytes().split(b"\0")[:-1]
-    assert [os.fsdecode(g) for g in got] == [str(repo), "jobs/loo.py", "--config", str(run.path / "config.yaml"),
+    assert [os.fsdecode(g) for g in got] == [str(repo), "jobs/step.py", "loo", "--config", str(run.path / "config.yaml"),
                                             "--run-dir", str(run.path), "--stage", "1", "--task", "1"]
     for d in (cwd, repo, base):
         assert not (d / "pwned").exists()
@@ -201,7 +201,7 @@ def test_usr1_requeues_the_task_until_the_limit(tmp_path):
     r, log = _run_common(tmp_path, restarts=3, max_requeues=2, signal_self=False)
     assert r.returncode == 1 and log == [] and "more than MAX_REQUEUES=2" in r.stderr
     r, log = _run_common(tmp_path, restarts=1, max_requeues=2, signal_self=False)
-    assert r.returncode == 0 and log == ["ran jobs/loo.py --config " + str(tmp_path / "run/config.yaml")
+    assert r.returncode == 0 and log == ["ran jobs/step.py loo --config " + str(tmp_path / "run/config.yaml")
                                          + " --run-dir " + str(tmp_path / "run") + " --stage 1 --task 1"]
 
 

@@ -5,7 +5,8 @@ the #SBATCH lines (sbatch reads them with shell-like quoting) and in the script 
 spaces, quotes, `$(...)` or backticks is passed literally and never executed. A value that would end
 an #SBATCH line (a newline or other control character) is refused with a ConfigError instead.
 
-The scripts are written to <run>/sbatch/stage<N>/ with a submit.sh that submits them in order,
+Each step script runs `jobs/step.py <step>` (filter: jobs/filter_prompts.py, training:
+jobs/train_redpo.py). The scripts are written to <run>/sbatch/stage<N>/ with a submit.sh that submits them in order,
 each after the steps it needs (afterany: every step checks its own inputs). Arrays longer than the
 cluster's MaxArraySize are split into parts (<step>.part<k>.sbatch) with a task offset.
 """
@@ -47,6 +48,7 @@ STEPS: dict[str, Step] = {  # in submission order
     "pairs": Step("array", ("target", "filter_merge")),
     "curate": Step("cpu", ("pairs",)),
     "train": Step("train", ("curate",)),
+    "outcome": Step("gpu", ("train",)),
 }
 
 

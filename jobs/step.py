@@ -1,0 +1,52 @@
+"""Run one step of one V.I.P. stage (what the sbatch templates and array tasks call).
+
+    python jobs/step.py loo     --config C --run-dir R --stage N [--task I]   # one task; no --task: all missing
+    python jobs/step.py select  --config C --run-dir R --stage N              # merge the LOO shards, then select
+    python jobs/step.py target  --config C --run-dir R --stage N
+    python jobs/step.py pairs   --config C --run-dir R --stage N [--task I]
+    python jobs/step.py curate  --config C --run-dir R --stage N
+    python jobs/step.py outcome --config C --run-dir R --stage N
+
+Prompt filtering is jobs/filter_prompts.py and training jobs/train_redpo.py. Every step checks its
+inputs first and stops with one line naming what is missing (exit 2); a step already done says so
+and does nothing. The config is normally the run's frozen <run>/config.yaml.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vip import config as vip_config  # noqa: E402
+from vip.cli import fail_cleanly  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=("loo", "select", "target", "pairs", "curate", "outcome"))
+    ap.add_argument("--config", help="config file (default: <run-dir>/config.yaml)")
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--stage", type=int, required=True)
+    ap.add_argument("--task", type=int, help="loo / pairs: run only this task (0-based), e.g. $SLURM_ARRAY_TASK_ID")
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = ap.parse_intermixed_args()
+
+    with fail_cleanly():
+        from vip.orchestrate.steprun import run_step
+        from vip.steps.context import StageContext
+        from vip.store import RunDir
+
+        run = RunDir(args.run_dir)
+        config_path = args.config or run.path / "config.yaml"
+        if args.config is None and not Path(config_path).is_file():
+            raise vip_config.ConfigError(f"{config_path} does not exist; give --config, or a --run-dir made by "
+                                         "jobs/stage.py or jobs/render_sbatch.py")
+        cfg = vip_config.load(config_path, list(args.overrides))
+        if args.stage < 1:
+            raise vip_config.ConfigError(f"--stage must be 1 or more, got {args.stage}")
+        run.freeze(cfg)  # refuses a config other than the run's
+        print(run_step(args.step, StageContext(run, cfg, args.stage), args.task), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,491 @@
+"""Submit what a stage still needs to Slurm, chained with afterany dependencies (runtime.executor=slurm).
+
+    submit_stage(ctx, until=M)      -> [Action]: what was submitted, found queued or done, per step
+    dry_run(cfg, run, N, M)         -> the job scripts that would be submitted (nothing is written)
+
+    loo array -> select -> target -> [continue] -> pairs array -> curate -> train -> outcome -> [next]
+    filter array -> filter_merge                      (once per run: <run>/jobs.json)
+
+Only missing work is submitted, and never a task already pending or running (the slurm layer checks
+the ledger against squeue and sacct). Each job checks its own inputs, so afterany is enough: a job
+whose inputs failed stops with one line instead of running on bad data.
+
+Pairs cannot be planned before target.json and the filtered prompt sets exist, so while they are
+missing a small CPU job `continue` waits for them and re-enters this module on a node; it then
+submits pairs .. outcome. With until > stage, `next` does the same for the next stage after the
+outcome. Continuations never resubmit failed work: they stop, naming the step that did not finish,
+its job and its log; running the same jobs/stage.py command again then submits only what is missing.
+
+A job already queued for a later step is made to wait for anything this call (re)submits before it
+(`scontrol update Dependency`), or, if it already started on inputs being redone, cancelled and
+submitted again. A file lock in the run directory (driver.lock) keeps two drivers from submitting at once.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit.slurm.slurm as submitit_slurm
+from filelock import FileLock, Timeout
+
+from vip.cli import fail_cleanly
+from vip.config import Config
+from vip.orchestrate import driver, slurm
+from vip.orchestrate.ledger import Ledger
+from vip.orchestrate.steprun import check_train_inputs, run_step
+from vip.prompts.sets import load_prompts
+from vip.steps import filter as prompt_filter
+from vip.steps import loo, outcome, pairs, select, target
+from vip.steps.context import StageContext
+from vip.store import IncompleteError, RunDir, atomic_write_json
+from vip.train import redpo_trainer
+
+LOCK = "driver.lock"
+NODE_LOCK_TIMEOUT = 600  # a continuation job waits this long for a driver that is submitting right now
+CONTINUATION_GRACE = 60  # a person's driver waits this long for a continuation job that is submitting
+
+WHAT = {  # what each job runs, for dry-run headers and messages
+    "loo": "jobs/step.py loo --task I: leave-one-out scores of task I",
+    "select": "jobs/step.py select: merge the leave-one-out shards, select the units, save the pruned student",
+    "filter": "jobs/filter_prompts.py --task I: LLM scores of the prompts of task I (once per run)",
+    "filter_merge": "jobs/filter_prompts.py --merge: the filtered prompt sets (once per run)",
+    "target": "jobs/step.py target: target detection, pruned student against the teacher",
+    "continue": "continuation: once target.json and the prompt sets exist, plans pairs and submits pairs .. outcome",
+    "pairs": "jobs/step.py pairs --task I: teacher and student videos of task I, scored",
+    "curate": "jobs/step.py curate: merge the pair shards and keep the pairs the rules accept (pairs.h5)",
+    "train": "jobs/train_redpo.py on every rank: ReDPO training (exit 75 = checkpointed on a signal: requeued)",
+    "outcome": "jobs/step.py outcome: the trained student scored beside the teacher and the pruned student",
+    "next": "continuation: once this stage's outcome exists, submits the next stage (it re-enters the driver)",
+}
+
+
+class DriverBusyError(slurm.SlurmError):
+    """Another driver holds the run's lock (one line)."""
+
+
+@dataclass
+class Action:
+    stage: int  # 0 = run-wide (prompt filter)
+    step: str
+    verb: str  # submitted | queued | done | rechained | resubmitted | would submit
+    ids: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    def line(self) -> str:
+        where = f"stage {self.stage}" if self.stage else "run"
+        ids = " " + ":".join(self.ids) if self.ids else ""
+        return f"{where:<8} {self.step:<13} {self.verb}{ids}" + (f" ({self.detail})" if self.detail else "")
+
+
+# ----------------------------------------------------------------------------- what runs on the nodes
+
+def step_job(step: str, ctx: StageContext) -> None:
+    """A single step on a node (select, target, curate, outcome): one line, or one error line and exit 2."""
+    with fail_cleanly():
+        print(run_step(step, ctx), flush=True)
+
+
+def filter_merge_job(ctx: StageContext) -> None:
+    with fail_cleanly():
+        if prompt_filter.is_done(ctx.run, ctx.cfg):
+            print("prompt filter: already merged", flush=True)
+            return
+        print(f"prompt filter: merged -> {prompt_filter.merge(ctx.run, ctx.cfg)}", flush=True)
+
+
+def train_job(ctx: StageContext) -> int:
+    """Every rank: ReDPO training in this process (RANK, WORLD_SIZE, ... set by the slurm layer).
+    Returns 75 after a signal and a checkpoint: the slurm layer then requeues the job."""
+    with fail_cleanly():
+        if redpo_trainer.is_done(ctx.run, ctx.stage, ctx.cfg):
+            print(f"stage {ctx.stage} train: already done", flush=True)
+            return 0
+        check_train_inputs(ctx)
+        return redpo_trainer.train(ctx.run, ctx.cfg, ctx.stage, progress=False)
+
+
+def continue_stage(until: int, ctx: StageContext) -> None:
+    """Continuation after target + filter: plan pairs and submit the rest of the stage (and `next`)."""
+    with fail_cleanly(), node_driver(ctx.run):
+        require(ctx, until, ("select", "target", "filter"))
+        print("\n".join(a.line() for a in submit_stage(ctx, until)), flush=True)
+
+
+def next_stage(until: int, ctx: StageContext) -> None:
+    """Continuation after a stage's outcome: submit the next stage."""
+    with fail_cleanly(), node_driver(ctx.run):
+        require(ctx, until, ("outcome",))
+        nxt = driver.preflight(ctx.cfg, ctx.run, ctx.stage + 1)
+        print("\n".join(a.line() for a in submit_stage(nxt, until)), flush=True)
+
+
+def require(ctx: StageContext, until: int, steps: tuple[str, ...]) -> None:
+    """A continuation goes on only if what it waited for is done; otherwise one line naming the job."""
+    for step in steps:
+        if step_done(ctx, step):
+            continue
+        ledger_ctx = StageContext(ctx.run, ctx.cfg, 0) if step == "filter" else ctx
+        names = ("filter", "filter_merge") if step == "filter" else (step,)
+        last = [(e, entry) for s in names for e, entry in latest_elements(slurm.ledger_for(ledger_ctx), s).values()]
+        job = ""
+        if last:
+            element, entry = last[-1]
+            state = slurm.job_states([element])[element]
+            job = f" (job {element} {state}; log {log_path(entry, element, failed=True)})"
+        raise IncompleteError(f"stage {ctx.stage} {step} did not finish{job}: not going on; fix the cause and run "
+                              f"`python jobs/stage.py --stage {ctx.stage} --until {until} --executor slurm "
+                              f"--run-dir {ctx.run.path}` again: it submits only what is missing")
+
+
+def step_done(ctx: StageContext, step: str) -> bool:
+    run, cfg = ctx.run, ctx.cfg
+    return {
+        "loo": lambda: loo.is_done(ctx), "select": lambda: select.is_done(ctx),
+        "filter": lambda: prompt_filter.is_done(run, cfg), "target": lambda: target.is_done(ctx),
+        "pairs": lambda: pairs.is_done(ctx), "curate": lambda: pairs.is_done(ctx),
+        "train": lambda: redpo_trainer.is_done(run, ctx.stage, cfg), "outcome": lambda: outcome.is_done(ctx),
+    }[step]()
+
+
+# ----------------------------------------------------------------------------- the driver's lock
+
+@contextmanager
+def driver_lock(run: RunDir, timeout: float = 0):
+    """Only one driver submits for a run at a time; the second gets one line (DriverBusyError). A
+    continuation job holds the lock for a few seconds only: a person's driver waits for it."""
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DriverBusyError(f"run directory {str(run.path)!r} cannot be written: {e.strerror}") from None
+    lock = FileLock(str(run.path / LOCK))
+    holder = run.path / (LOCK + ".json")
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        h = _holder(holder)
+        try:
+            if not h.get("what", "").startswith("Slurm job"):
+                raise
+            lock.acquire(timeout=CONTINUATION_GRACE)
+        except Timeout:
+            who = f" (pid {h['pid']} on {h['host']}, {h['what']}, since {h['since']})" if h else ""
+            raise DriverBusyError(f"another driver is submitting jobs for run {run.path}{who}; wait for it to "
+                                  f"finish (or see `python jobs/stage.py --status --run-dir {run.path}`)") from None
+    try:
+        job = os.environ.get("SLURM_JOB_ID")
+        atomic_write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                   "what": f"Slurm job {job}" if job else "jobs/stage.py",
+                                   "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def _holder(path: Path) -> dict:
+    try:
+        h = json.loads(path.read_text())
+        return h if {"pid", "host", "what", "since"} <= set(h) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def node_driver(run: RunDir):
+    """A continuation job submits from inside a job: wait for the lock, and submit without this job's
+    SLURM_* variables (sbatch and srun would read some of them as options of the new job)."""
+    with driver_lock(run, timeout=NODE_LOCK_TIMEOUT), clean_slurm_env():
+        yield
+
+
+@contextmanager
+def clean_slurm_env():
+    keep = {"SLURM_CONF"}
+    saved = {k: v for k, v in os.environ.items() if k not in keep
+             and k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "SUBMITIT_"))}
+    for k in saved:
+        del os.environ[k]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+# ----------------------------------------------------------------------------- the ledger, read
+
+def latest_elements(ledger: Ledger, step: str) -> dict[int | None, tuple[str, dict]]:
+    """Task -> (job element, ledger entry) of its latest submission."""
+    out: dict[int | None, tuple[str, dict]] = {}
+    for entry in ledger.entries(step):
+        for element, task in entry["elements"].items():
+            out[task] = (element, entry)
+    return out
+
+
+def log_path(entry: dict, element: str, failed: bool = False) -> Path:
+    """submitit's log of a job element (rank 0 for a multi-task job): .err holds errors, .out the rest."""
+    return Path(entry["log_dir"]) / f"{element}_0_log.{'err' if failed else 'out'}"
+
+
+def recorded_deps(ledger: Ledger, step: str, job_id: str) -> list[str]:
+    deps = [d for e in ledger.entries(step) if e["job_id"] == job_id for d in e.get("depends_on", [])]
+    for ev in ledger.events(step):
+        if ev.get("event") == "dependency" and ev.get("job_id") == job_id:
+            deps += ev.get("depends_on", [])
+    return sorted(set(map(str, deps)), key=_id_key)
+
+
+def _id_key(job_id: str):
+    head = job_id.split("_")[0]
+    return (int(head) if head.isdigit() else 0, job_id)
+
+
+# ----------------------------------------------------------------------------- submission
+
+class Submitter:
+    """Submits through the slurm layer and records what it did."""
+
+    dry = False
+
+    def __init__(self):
+        self.actions: list[Action] = []
+
+    def note(self, ctx: StageContext, step: str, verb: str, ids=(), detail: str = "") -> None:
+        self.actions.append(Action(ctx.stage, step, verb, list(ids), detail))
+
+    def array(self, ctx: StageContext, step: str) -> list[str]:
+        """The step's missing tasks that are not queued; returns the ids a dependent waits for."""
+        ledger = slurm.ledger_for(ctx)
+        new = slurm.submit_array(ctx, step)
+        wait = slurm.queued_ids(ledger, step)
+        if new:
+            tasks = sorted(t for e in ledger.entries(step) if e["job_id"] in new for t in e["elements"].values())
+            self.note(ctx, step, "submitted", new, f"array, tasks {task_ranges(tasks)}")
+        elif wait:
+            self.note(ctx, step, "queued", wait, "pending or running already")
+        else:
+            self.note(ctx, step, "done", detail="every task done")
+        return wait
+
+    def job(self, ctx: StageContext, step: str, kind: str, after: list[str], fn=None) -> list[str]:
+        fn = fn or functools.partial(step_job, step)
+        ledger = slurm.ledger_for(ctx)
+        before = len(ledger.entries(step))
+        job_id = slurm.submit_job(ctx, step, fn, kind=kind, depends_on=after)
+        if len(ledger.entries(step)) > before:
+            self.note(ctx, step, "submitted", [job_id], f"after {':'.join(after)}" if after else "")
+            return [job_id]
+        known = recorded_deps(ledger, step, job_id)
+        extra = [a for a in after if a not in known]
+        if not extra:
+            self.note(ctx, step, "queued", [job_id], "pending or running already")
+            return [job_id]
+        return [self._rechain(ctx, step, kind, fn, job_id, known + extra, after)]
+
+    def _rechain(self, ctx, step, kind, fn, job_id, deps, after) -> str:
+        """A queued job of this step must also wait for jobs submitted before it in this call."""
+        ledger = slurm.ledger_for(ctx)
+        live = slurm.live_dependencies(deps)
+        if slurm.job_states([job_id])[job_id] == "PENDING":
+            try:
+                slurm._run(["scontrol", "update", f"JobId={job_id}", f"Dependency=afterany:{':'.join(live)}"])
+                ledger.record_event(step, {"event": "dependency", "job_id": job_id, "depends_on": live})
+                self.note(ctx, step, "rechained", [job_id], f"queued; now after {':'.join(live)}")
+                return job_id
+            except slurm.SlurmError:
+                pass  # it started in the meantime
+        # it runs on inputs that are being redone: it cannot succeed, so it goes again after them
+        slurm._run(["scancel", job_id])
+        ledger.record_event(step, {"event": "cancelled", "job_id": job_id,
+                                   "reason": f"its inputs were resubmitted ({':'.join(after)})"})
+        slurm.wait([job_id], timeout=120)
+        new = slurm.submit_job(ctx, step, fn, kind=kind, depends_on=after)
+        self.note(ctx, step, "resubmitted", [new], f"after {':'.join(after)}; cancelled {job_id}, which had "
+                                                   "started on inputs being redone")
+        return new
+
+
+def submit_stage(ctx: StageContext, until: int | None = None, sink: Submitter | None = None) -> list[Action]:
+    """Submit every missing step of ctx.stage (and of the stages up to `until` that can be submitted
+    now: a stage that is done is passed, one that is not gets a `next` continuation)."""
+    sink = sink or Submitter()
+    until = max(until or ctx.stage, ctx.stage)
+    with clean_slurm_env():
+        while _submit_one(ctx, until, sink) and ctx.stage < until:
+            ctx = driver.preflight(ctx.cfg, _same_kind(ctx.run, sink), ctx.stage + 1)
+    return sink.actions
+
+
+def _same_kind(run: RunDir, sink: Submitter) -> RunDir:
+    return ReadOnlyRun(run.path) if sink.dry else run
+
+
+def _submit_one(ctx: StageContext, until: int, sink: Submitter) -> bool:
+    """Submits what one stage still needs; True when the stage is done already."""
+    run, cfg, n = ctx.run, ctx.cfg, ctx.stage
+    if outcome.is_done(ctx):
+        sink.note(ctx, "stage", "done", detail=f"{outcome.outcome_path(ctx)}")
+        return True
+    run_ctx = StageContext(run, cfg, 0)
+    wait: dict[str, list[str]] = {}
+    if not loo.is_done(ctx):
+        wait["loo"] = sink.array(ctx, "loo")
+    if not select.is_done(ctx):
+        wait["select"] = sink.job(ctx, "select", "cpu", wait.get("loo", []))
+    filter_open = not prompt_filter.is_done(run, cfg)
+    if filter_open:
+        wait["filter"] = sink.array(run_ctx, "filter")
+        wait["filter_merge"] = sink.job(run_ctx, "filter_merge", "cpu", wait["filter"], filter_merge_job)
+    target_open = not target.is_done(ctx)
+    if target_open:
+        wait["target"] = sink.job(ctx, "target", "gpu", wait.get("select", []))
+    if target_open or filter_open:  # pairs cannot be planned yet: a continuation does it on a node
+        cont = sink.job(ctx, "continue", "cpu", wait.get("target", []) + wait.get("filter_merge", []),
+                        functools.partial(continue_stage, until))
+        sink.note(ctx, "pairs..", "later", detail=f"pairs, curate, train, outcome{', next' if until > n else ''}: "
+                  f"submitted by {cont[0]} once target.json and the prompt sets exist")
+        return False
+    if not pairs.is_done(ctx):
+        wait["pairs"] = sink.array(ctx, "pairs")
+        wait["curate"] = sink.job(ctx, "curate", "cpu", wait["pairs"])
+    if not redpo_trainer.is_done(run, n, cfg):
+        wait["train"] = sink.job(ctx, "train", "train", wait.get("curate", []), train_job)
+    wait["outcome"] = sink.job(ctx, "outcome", "gpu", wait.get("train", []))
+    if until > n:
+        nxt = sink.job(ctx, "next", "cpu", wait["outcome"], functools.partial(next_stage, until))
+        sink.actions.append(Action(n + 1, "stage", "later", detail=f"submitted by {nxt[0]} once stage {n}'s "
+                                                                   "outcome exists"))
+    return False
+
+
+def task_ranges(tasks: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    out, i = [], 0
+    while i < len(tasks):
+        j = i
+        while j + 1 < len(tasks) and tasks[j + 1] == tasks[j] + 1:
+            j += 1
+        out.append(f"{tasks[i]}-{tasks[j]}" if j > i else str(tasks[i]))
+        i = j + 1
+    return ",".join(out)
+
+
+# ----------------------------------------------------------------------------- dry run
+
+class ReadOnlyRun(RunDir):
+    """A run directory that is checked but never written (--dry-run)."""
+
+    def freeze(self, cfg: Config) -> None:
+        if (self.path / "config.sha256").exists():
+            super().freeze(cfg)  # compares only: refuses another config
+
+
+class DrySubmitter(Submitter):
+    """Collects the sbatch scripts submitit would submit, with placeholders for ids not known yet."""
+
+    dry = True
+
+    def __init__(self):
+        super().__init__()
+        self.scripts: list[str] = []
+
+    def array(self, ctx: StageContext, step: str) -> list[str]:
+        queued = self._queued(ctx, step)
+        tasks = [t for t in _tasks_to_do(ctx, step) if t not in queued]
+        wait = sorted({e.split("_")[0] for e in queued.values()}, key=_id_key)
+        if not tasks:
+            self.note(ctx, step, "queued" if wait else "done", wait)
+            return wait
+        size = slurm.max_array_size()
+        chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
+        names = []
+        for k, chunk in enumerate(chunks):
+            name = self._name(ctx, step, k if len(chunks) > 1 else None)
+            after = names[-1:] if ctx.cfg.slurm.array_parallelism and names else []
+            part = f", part {k + 1} of {len(chunks)} (MaxArraySize {size})" if len(chunks) > 1 else ""
+            header = f"{name}: array of {len(chunk)} tasks ({task_ranges(chunk)}){part}; runs {WHAT[step]}"
+            self.scripts.append(_script(ctx, step, "array", after, header, len(chunk)))
+            names.append(name)
+        self.note(ctx, step, "would submit", names, f"array, tasks {task_ranges(tasks)}")
+        return wait + names
+
+    def job(self, ctx: StageContext, step: str, kind: str, after: list[str], fn=None) -> list[str]:
+        queued = self._queued(ctx, step)
+        if queued:
+            ids = sorted(queued.values(), key=_id_key)[:1]
+            self.note(ctx, step, "queued", ids)
+            return ids
+        name = self._name(ctx, step)
+        self.scripts.append(_script(ctx, step, kind, after, f"{name}: {kind} job; runs {WHAT[step]}"))
+        self.note(ctx, step, "would submit", [name], f"after {':'.join(after)}" if after else "")
+        return [name]
+
+    @staticmethod
+    def _queued(ctx: StageContext, step: str) -> dict:
+        ledger = slurm.ledger_for(ctx)
+        return slurm.active_tasks(ledger, step) if ledger.entries(step) else {}
+
+    @staticmethod
+    def _name(ctx: StageContext, step: str, part: int | None = None) -> str:
+        where = f"s{ctx.stage}" if ctx.stage else "run"
+        return f"<{where}-{step}{'' if part is None else f'.{part}'}>"
+
+
+def _script(ctx: StageContext, step: str, kind: str, after: list[str], header: str, count: int | None = None) -> str:
+    """The sbatch script submitit writes for this job (its own generator; no file is written)."""
+    folder = slurm.log_dir(ctx, step)
+    ex = slurm.make_executor(folder, ctx.cfg.slurm, kind, slurm.job_name(ctx.cfg, ctx.stage, step))
+    inner = ex._executor  # submitit's SlurmExecutor inside the AutoExecutor
+    params = dict(inner.parameters)
+    if kind == "array":
+        params["map_count"] = count
+    if after:
+        params["additional_parameters"] = {**params.get("additional_parameters", {}),
+                                           "dependency": "afterany:" + ":".join(after)}
+    text = submitit_slurm._make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder, **params)
+    return f"# ---- {header}\n{text}"
+
+
+def _tasks_to_do(ctx: StageContext, step: str) -> list[int]:
+    """The tasks a submission would cover, from the written plan or computed like the plan (no writing)."""
+    cfg = ctx.cfg
+    if step == "loo":
+        planned = loo.read_plan(ctx.dir)
+        if planned is not None:
+            return loo.shards(ctx).missing(range(len(planned["tasks"])))
+        variants = 1 + len(loo.units_to_evaluate(ctx))
+        n = len(ctx.eval_set.prompts)
+        per = cfg.loo.prompts_per_task or n
+        return list(range(math.ceil(variants / cfg.loo.units_per_task) * math.ceil(n / per)))
+    if step == "filter":
+        planned = prompt_filter.read_plan(ctx.run)
+        if planned is not None:
+            return prompt_filter.shards(ctx.run).missing(range(len(planned["tasks"])))
+        n = len(load_prompts(cfg.filter.source, key="filter.source"))
+        return list(range(math.ceil(n / cfg.filter.prompts_per_task)))
+    if step == "pairs":
+        if pairs.read_plan(ctx.dir) is not None:
+            return pairs.missing(ctx)
+        rows = len(pairs.curation_prompts(ctx, target.load(ctx)["targets"])) * cfg.curate.seeds_per_prompt
+        return list(range(math.ceil(rows / cfg.curate.samples_per_task)))
+    raise ValueError(step)
+
+
+def dry_run(cfg: Config, run_path: Path, stage: int, until: int) -> str:
+    """What `jobs/stage.py --executor slurm` would submit now, as the job scripts; writes nothing."""
+    run = ReadOnlyRun(run_path)
+    ctx = driver.preflight(cfg, run, stage)
+    sink = DrySubmitter()
+    submit_stage(ctx, until, sink)
+    lines = [*sink.scripts, "# ---- summary (dry run: nothing was submitted or written)",
+             *("# " + a.line() for a in sink.actions)]
+    if not sink.scripts:
+        lines.append("# nothing to submit")
+    return "\n".join(lines)
