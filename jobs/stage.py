@@ -103,7 +103,7 @@ def main() -> None:
         from vip.store import RunDir
 
         run = RunDir.for_config(cfg, args.run_dir)
-        last = args.until or args.stage
+        last = args.stage if args.until is None else args.until
         if last < args.stage:
             raise vip_config.ConfigError(f"--until ({last}) must be at least --stage ({args.stage})")
         if args.status:
