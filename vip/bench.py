@@ -81,7 +81,11 @@ TRAIN_MODES = {
 
 
 def bench_train_one(cfg, mode: str, steps: int) -> dict:
-    """One configuration in this process (the caller runs each in its own process for peak memory)."""
+    """One configuration in this process (the caller runs each in its own process for peak memory).
+
+    On CUDA the precision is the trainer's: frozen teacher (and reference) in bf16, DeepSpeed
+    bf16 for the vip modes (bf16 weights, fp32 master copy), and bf16 autocast over fp32
+    weights for the plain loop; peak memory is torch.cuda.max_memory_allocated."""
     import resource
 
     from vip.models.registry import base_model_path
@@ -89,59 +93,72 @@ def bench_train_one(cfg, mode: str, steps: int) -> dict:
     from vip.train import dist
     from vip.train.redpo_trainer import deepspeed_config
 
-    tc = cfg.train
+    tc, device = cfg.train, cfg.model.device
+    cuda = device.startswith("cuda")
     teacher = load_video_model(cfg.model, base_model_path(cfg.model))
     student = teacher.pruned(teacher.units()[:cfg.select.k])
     teacher.unet.requires_grad_(False)
+    dev = teacher.device  # load_video_model put both models on model.device
+    low = torch.bfloat16 if cuda else torch.float32  # the trainer's dtype for frozen networks and DeepSpeed
     sched = teacher.scheduler
     g = torch.Generator().manual_seed(0)
     shape = (tc.batch_size, *teacher.latent_shape)
-    x_w, x_l = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    x_w, x_l = torch.randn(shape, generator=g).to(dev), torch.randn(shape, generator=g).to(dev)
     text = teacher.encode_prompts(["a red circle moving left on a black background"] * tc.batch_size)
     policy = student.trainable_module().train()
     reference = None
     if mode == "vip-ref-student":
         import copy
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        reference = copy.deepcopy(policy).eval().requires_grad_(False).to(low)
+    teacher.unet.to(low)
+    text_low = text.to(low)
     if mode.startswith("vip"):
         import deepspeed
-        dist.init("cpu")
+        policy.to(low)  # buffers too, as the trainer does: DeepSpeed's bf16 mode casts only parameters
+        dist.init(device)
         engine, optim, _, _ = deepspeed.initialize(model=policy, optimizer=torch.optim.AdamW(policy.parameters(), lr=tc.lr),
-                                                   config=deepspeed_config(tc.deepspeed, tc, 1, "cpu"))
+                                                   config=deepspeed_config(tc.deepspeed, tc, 1, device))
     else:
         optim = torch.optim.AdamW(policy.parameters(), lr=tc.lr)
-    rep = lambda x: text.repeat(x.shape[0] // tc.batch_size, 1, 1)  # noqa: E731
+    rep = lambda x, txt=text_low: txt.repeat(x.shape[0] // tc.batch_size, 1, 1)  # noqa: E731
+    frozen = lambda x, t_, den=None: teacher.predict(x.to(low), t_, rep(x), denoiser=den).float()  # noqa: E731
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     times, first = [], None
     for i in range(steps + 2):  # two warm-up steps
-        noise = torch.randn(shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (tc.batch_size,), generator=g)
+        noise = torch.randn(shape, generator=g).to(dev)
+        t = torch.randint(0, sched.config.num_train_timesteps, (tc.batch_size,), generator=g).to(dev)
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         if mode.startswith("vip"):
-            out = pair_loss(lambda x, t_: student.predict(x, t_, rep(x), denoiser=engine),
-                            lambda x, t_: teacher.predict(x, t_, rep(x)), sched, x_w, x_l, noise, t,
-                            tc.beta, tc.w_sft, None if reference is None else
-                            (lambda x, t_: teacher.predict(x, t_, rep(x), denoiser=reference)), tc.sft_target)
+            out = pair_loss(lambda x, t_: student.predict(x.to(low), t_, rep(x), denoiser=engine), frozen,
+                            sched, x_w, x_l, noise, t, tc.beta, tc.w_sft, None if reference is None else
+                            (lambda x, t_: frozen(x, t_, reference)), tc.sft_target)
             engine.backward(out.loss)
             engine.step()
         else:  # what one writes from the formula: every term its own forward pass
             nw, nl = sched.add_noise(x_w, noise, t), sched.add_noise(x_l, noise, t)
             tw, tl = diffusion_target(sched, x_w, noise, t), diffusion_target(sched, x_l, noise, t)
-            pw, pl = student.predict(nw, t, text), student.predict(nl, t, text)
+            with autocast:
+                pw, pl = student.predict(nw, t, text), student.predict(nl, t, text)
             with torch.no_grad():
-                rw, rl = teacher.predict(nw, t, text), teacher.predict(nl, t, text)
-                sft_t = teacher.predict(nw, t, text)
+                rw, rl = frozen(nw, t), frozen(nl, t)
+                sft_t = frozen(nw, t)
             out = redpo_loss(pw, pl, rw, rl, tw, tl, sft_t, tc.beta, tc.w_sft)
             optim.zero_grad()
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.grad_clip)
             optim.step()
+        if cuda:
+            torch.cuda.synchronize()
         first = out.loss.item() if first is None else first
         if i >= 2:
             times.append(time.perf_counter() - t0)
     if mode.startswith("vip"):
         dist.shutdown()
     return {"mode": mode, "pairs_per_s": tc.batch_size * len(times) / sum(times), "s_per_step": float(np.median(times)),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "first_loss": first}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None, "first_loss": first}
 
 
 def bench_train(args) -> None:
@@ -158,12 +175,15 @@ def bench_train(args) -> None:
             raise SystemExit(f"benchmark {mode} failed:\n{r.stderr[-2000:]}")
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))
     cfg = vip_config.load(args.config, args.overrides)
+    gpu = cfg.model.device.startswith("cuda")
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}; batch {cfg.train.batch_size} pairs, {args.steps} timed steps")
+          f"threads {torch.get_num_threads()}" + (f", {torch.cuda.get_device_name()} (bf16)" if gpu else "")
+          + f"; batch {cfg.train.batch_size} pairs, {args.steps} timed steps")
     base = next(r for r in results if r["mode"] == "baseline")
     for r in results:
-        print(f"{r['mode']:16s} {r['pairs_per_s']:6.2f} pairs/s  {r['s_per_step']:6.2f} s/step  "
-              f"peak RSS {r['peak_rss_mb']:7.0f} MB  x{r['pairs_per_s'] / base['pairs_per_s']:.2f} vs baseline  "
+        mem = f"peak GPU {r['peak_gpu_mb']:7.0f} MB" if gpu else f"peak RSS {r['peak_rss_mb']:7.0f} MB"
+        print(f"{r['mode']:16s} {r['pairs_per_s']:6.2f} pairs/s  {r['s_per_step']:6.3f} s/step  "
+              f"{mem}  x{r['pairs_per_s'] / base['pairs_per_s']:.2f} vs baseline  "
               f"first loss {r['first_loss']:.6g}   ({TRAIN_MODES[r['mode']]})")
 
 
