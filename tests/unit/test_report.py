@@ -53,7 +53,8 @@ def _selection(chosen: list[str]) -> dict:
 
 
 def make_run(root: Path) -> Path:
-    """Stage 1 finished; stage 2 has only its selection."""
+    """Stage 1 finished; stage 2 has its selection and target, and training is under way (no curation.json:
+    it was removed, say, to be redone)."""
     run = root / "run"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("run:\n  name: synth\n  seed: 0\nselect:\n  k: 2\ncurate:\n  alpha: 0.3\n")
@@ -80,17 +81,22 @@ def make_run(root: Path) -> Path:
                                                                           "unpreferred": unpref.tolist()},
         "kept_index": list(range(21)), "config_sha256": "c" * 64})
     lines = []
-    for step in range(1, 41):
+    for step in range(1, 51):
         dpo = 0.69 * np.exp(-step / 15)
         lines.append(json.dumps({"step": step, "loss": dpo + 0.5 / step, "dpo": dpo, "sft": 0.0005 / step,
                                  "rewards/accuracies": min(1.0, 0.4 + step / 40), "rewards/chosen": 0.01 * step,
                                  "rewards/rejected": -0.02 * step, "rewards/margins": 0.03 * step,
                                  "lr": 1e-4 * min(1, step / 5), "grad_norm": 1 / step, "samples_per_s": 12.5}))
     (s1 / "train").mkdir()
-    (s1 / "train" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (s1 / "train" / "metrics.jsonl").write_text("\n".join(lines[:40]) + "\n")
     _w(s1 / "train" / "done.json", {"steps": 40, "pairs": 21, "world_size": 1})
     _w(s1 / "outcome.json", OUTCOME)
-    _w(run / "stage2" / "selection.json", _selection(["mid_block.motion_modules.0", "up_blocks.1.motion_modules.2"]))
+    s2 = run / "stage2"
+    _w(s2 / "selection.json", _selection(["mid_block.motion_modules.0", "up_blocks.1.motion_modules.2"]))
+    _w(s2 / "target.json", {**json.loads((s1 / "target.json").read_text()),
+                            "pruned": {**OUTCOME["pruned"], "total": 9.111}})
+    (s2 / "train").mkdir()
+    (s2 / "train" / "metrics.jsonl").write_text("\n".join(lines[40:]) + "\n" + lines[-1][:25])  # a line cut short
     return run
 
 
@@ -141,16 +147,28 @@ def test_missing_parts_of_a_stage_are_not_yet_run(report):
     _, _, html = report
     s2 = _section(html, "stage2")
     assert "<strong>mid_block.motion_modules.0 ✓</strong>" in s2  # what exists is shown
-    for what in ("target detection", "pair generation and curation", "ReDPO training", "outcome"):
-        assert f"{what}: not yet run" in s2 or f"{what} (evaluation of the trained student): not yet run" in s2
-    assert re.search(r"stage 2</td><td>not yet run</td><td></td>", _section(html, "outcome"))
+    assert ">9.111<" in s2 and "<strong>in progress</strong>: 10 steps logged so far" in s2
+    assert "pair generation and curation: not yet run" in s2
+    assert "outcome (evaluation of the trained student): not yet run" in s2
+    outcome = _section(html, "outcome")
+    assert "stage 2</td><td>pruned</td>" in outcome and ">9.111<" in outcome  # from target.json
+    assert "stage 2</td><td>ReDPO (not yet run)</td>" in outcome
     assert "not yet run" not in _section(html, "stage1")
+
+
+def test_a_stage_folder_with_nothing_finished_is_not_yet_run(tmp_path):
+    run = make_run(tmp_path)
+    (run / "stage3").mkdir()
+    html = write_report(run).read_text()
+    s3 = _section(html, "stage3")
+    assert "Status: not yet run." in s3 and s3.count("not yet run") == 6  # status + five steps
+    assert re.search(r"stage 3</td><td>not yet run</td>", _section(html, "outcome"))
 
 
 def test_every_figure_is_an_embedded_png_and_nothing_is_external(report):
     run, _, html = report
     srcs = re.findall(r'<img src="([^"]*)"', html)
-    assert len(srcs) == 6  # outcome, filter histogram, stage 1 selection/curation/training, stage 2 selection
+    assert len(srcs) == 7  # outcome, filter histogram, stage 1 selection/curation/training, stage 2 selection/training
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         w, h = _png_size(base64.b64decode(src.split(",", 1)[1], validate=True))
@@ -161,7 +179,7 @@ def test_every_figure_is_an_embedded_png_and_nothing_is_external(report):
     # Markdown: the same figures as files beside it
     md = (run / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(links) == 6 and all(link.startswith("report_files/") and (run / link).is_file() for link in links)
+    assert len(links) == 7 and all(link.startswith("report_files/") and (run / link).is_file() for link in links)
     assert sorted(p.name for p in (run / "report_files").iterdir()) == sorted(Path(x).name for x in links)
     assert "| stage 1 | **ReDPO** | 2.438 | 3.188 | 2.000 | 2.362 | **9.987** | 1,034,567 |" in md
 

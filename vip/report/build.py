@@ -116,7 +116,7 @@ class Builder:
             for name, key, params in (("full", "full", pf), ("pruned", "pruned", ps), ("ReDPO", "redpo", ps)):
                 m = r[key]
                 if m is None:
-                    body.append([f"stage {r['stage']}", name, "not yet run", *([""] * (len(header) - 3))])
+                    body.append([f"stage {r['stage']}", f"{name} ({NOT_YET})", *([""] * (len(header) - 2))])
                     classes.append("missing")
                     continue
                 cells = [f"stage {r['stage']}", Strong(name) if key == "redpo" else name,
@@ -255,7 +255,9 @@ class Builder:
         out: list[Block] = [Heading(3, f"Stage {s.n}: ReDPO training")]
         m = s.metrics
         if not m:
-            return out + [Missing("ReDPO training")]
+            started = (s.dir / "train" / "metrics.jsonl").is_file()
+            return out + [Missing("ReDPO training", "started; no step logged yet" if started else "",
+                                  "in progress" if started else NOT_YET)]
         done = s.train_done
         if done:
             out.append(Para([f"{done.get('steps', len(m))} steps on {done.get('pairs', '?')} pairs, "
@@ -274,7 +276,8 @@ class Builder:
             if vals:
                 rows.append([label, _g(vals[0]), _g(sum(vals[-tail:]) / len(vals[-tail:]))])
         if rows:
-            out.append(Table(["metric", "first step", f"last {tail} step(s), mean"], rows))
+            out.append(Table(["metric", "first step", f"mean of the last {tail} steps" if tail > 1 else "last step"],
+                             rows))
         return out
 
     def stage_outcome(self, s: StageData) -> list[Block]:
@@ -283,8 +286,9 @@ class Builder:
         if not o:
             return out + [Missing("outcome (evaluation of the trained student)")]
         row = {"full": o["full"], "pruned": o["pruned"], "redpo": o["redpo"]}
+        worse = " – below the pruned student" if o["redpo"]["total"] < o["pruned"]["total"] else ""
         out.append(Para([f"ReDPO total {o['redpo']['total']:.3f} (pruned {o['pruned']['total']:.3f}, full "
-                         f"{o['full']['total']:.3f}; recovered {recovered(row)} of the drop) with "
+                         f"{o['full']['total']:.3f}; recovered {recovered(row)} of the drop{worse}) with "
                          f"{o['params']['student']:,} of {o['params']['full']:,} denoiser parameters "
                          f"({100 * o['params']['student'] / o['params']['full']:.1f}%)."]))
         return out

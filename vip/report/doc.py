@@ -92,7 +92,7 @@ th, td { padding: 3px 10px; border-bottom: 1px solid #e3e5e8; text-align: left; 
 th { background: #eef0f3; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.chosen td { background: #e7f2e8; }
-tr.top td { background: #f7f9fb; }
+tr.top td { background: #edf2f8; }
 tr.missing td { color: #888; font-style: italic; }
 .tablenote { color: #666; font-size: 12px; margin: 0 0 10px; }
 figure { margin: 10px 0 14px; }

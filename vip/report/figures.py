@@ -45,6 +45,15 @@ def _count(n: int) -> str:
     return str(n)
 
 
+def _min_span(ax, span: float) -> None:
+    """Widen the y range to at least `span` score points, so that differences in the third decimal do not fill
+    a panel and look large."""
+    lo, hi = ax.get_ylim()
+    if hi - lo < span:
+        mid = (lo + hi) / 2
+        ax.set_ylim(mid - span / 2, mid + span / 2)
+
+
 def _save(fig, path: Path, dpi: int) -> Path:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
@@ -81,6 +90,7 @@ def training_curves(metrics: list[dict], path: Path, title: str = "") -> Path:
             ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.1e}"))
         if len(keys) > 1 and shown:
             ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(name, fontsize=10)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=8)
@@ -106,10 +116,12 @@ def outcome_chart(rows: list[dict], path: Path, title: str = "") -> Path:
             if pts:
                 px, py = np.array(pts).T
                 ax.scatter(px, py, color=colour, marker=marker, s=44, label=label, zorder=3)
-                below = key == "pruned"  # the pruned score is usually the lowest: its label goes underneath
+                # labels beside their markers (full: left, ReDPO: right, pruned: below) so close scores stay legible
+                where = {"full": ((-6, -3), "right"), "pruned": ((0, -13), "center"), "redpo": ((6, -3), "left")}
+                (dx, dy), ha = where[key]
                 for a, b in pts:
-                    ax.annotate(f"{b:.3f}", (a, b), textcoords="offset points", xytext=(0, -13 if below else 7),
-                                ha="center", fontsize=7.5, color=colour)
+                    ax.annotate(f"{b:.3f}", (a, b), textcoords="offset points", xytext=(dx, dy), ha=ha,
+                                fontsize=7.5, color=colour)
         for i, r in enumerate(rows):
             if r.get("pruned") and r.get("redpo") and aspect in r["pruned"] and aspect in r["redpo"]:
                 ax.annotate("", xy=(i + offsets["redpo"], r["redpo"][aspect]),
@@ -117,8 +129,9 @@ def outcome_chart(rows: list[dict], path: Path, title: str = "") -> Path:
                             arrowprops={"arrowstyle": "->", "color": "#4c72b0", "alpha": 0.6, "linewidth": 1.2,
                                         "shrinkA": 5, "shrinkB": 5})
         ax.set_xticks(x, [f"stage {s}" for s in stages], fontsize=9)
-        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.set_xlim(-0.75, len(rows) - 0.25)
         ax.margins(y=0.22)
+        _min_span(ax, 0.2 if aspect == "total" else 0.05)
         ax.set_title(aspect.replace("_", " ") + (" (sum of the four)" if aspect == "total" else ""), fontsize=11)
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(axis="y", alpha=0.25)
