@@ -53,8 +53,13 @@ def print_results(run, cfg, first: int, last: int) -> None:
 
 
 def run_slurm(args, cfg, run, last: int) -> int:
-    from vip.orchestrate import driver, submit, watch
+    from vip.orchestrate import driver, slurm, submit, watch
 
+    slurm.check_client()  # sbatch and friends on PATH, else one line suggesting --executor local
+    slurm.check_names(cfg.slurm)  # partitions and account exist, before half a stage is queued
+    warning = slurm.run_dir_warning(run.path)
+    if warning:
+        print(warning, file=sys.stderr)
     if args.dry_run:
         print(submit.dry_run(cfg, run.path, args.stage, last))
         return 0

@@ -55,7 +55,8 @@ class SlurmError(RuntimeError):
 def _run(cmd: list[str], timeout: float = 60) -> str:
     exe = shutil.which(cmd[0])
     if exe is None:
-        raise SlurmError(f"'{cmd[0]}' is not on PATH: runtime.executor=slurm needs the Slurm client commands")
+        raise SlurmError(f"'{cmd[0]}' is not on PATH: --executor slurm (runtime.executor=slurm) needs the Slurm "
+                         "client commands; run on a Slurm login node, or here with --executor local")
     try:
         r = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -178,6 +179,104 @@ def _elements_of(job_id: str) -> list[str]:
     return sorted(found) or [job_id]
 
 
+# ----------------------------------------------------------------------------- checks before submitting
+
+CLIENT_COMMANDS = ("sbatch", "squeue", "scontrol", "sacct", "sinfo")
+NODE_LOCAL_ROOTS = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # usually each machine's own disk or memory
+
+
+def check_client() -> None:
+    """The Slurm client commands are on PATH (sacct is optional: accounting may be off)."""
+    missing = [c for c in CLIENT_COMMANDS if c != "sacct" and shutil.which(c) is None]
+    if missing:
+        raise SlurmError(f"'{missing[0]}' is not on PATH ({', '.join(missing)} missing): --executor slurm needs the "
+                         "Slurm client commands; run on a Slurm login node, or here with --executor local")
+
+
+def partitions() -> set[str]:
+    return {p.strip() for p in _run(["sinfo", "-h", "-o", "%R"], timeout=30).split() if p.strip()}
+
+
+def user_accounts() -> set[str] | None:
+    """The accounts the user has associations with (sacctmgr); None when that cannot be known."""
+    import getpass
+    try:
+        text = _run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={getpass.getuser()}", "format=account"],
+                    timeout=30)
+    except SlurmError:
+        return None
+    found = {a.strip() for a in text.split() if a.strip()}
+    return found or None
+
+
+def check_names(slurm: SlurmConfig) -> None:
+    """slurm.partition / slurm.cpu_partition name partitions of this cluster, and slurm.account is one of the
+    user's accounts (when sacctmgr can tell): one line before anything is submitted, not half a stage queued."""
+    known = partitions()
+    for key in ("partition", "cpu_partition"):
+        value = getattr(slurm, key)
+        if value and value not in known:
+            raise SlurmError(f"slurm.{key}={value!r} is not a partition of this cluster (sinfo lists: "
+                             f"{', '.join(sorted(known)) or 'none'})")
+    if slurm.account:
+        accounts = user_accounts()
+        if accounts is not None and slurm.account not in accounts:
+            raise SlurmError(f"slurm.account={slurm.account!r} is not an account of this user (sacctmgr lists: "
+                             f"{', '.join(sorted(accounts))})")
+
+
+def node_hostnames() -> set[str]:
+    try:
+        return {h for h in _run(["sinfo", "-h", "-N", "-o", "%n"], timeout=30).split() if h}
+    except SlurmError:
+        return set()
+
+
+def run_dir_warning(path: Path, hostnames: set[str] | None = None) -> str | None:
+    """A warning line when the run directory is likely invisible to the compute nodes: it lies under a
+    machine-local root (/tmp, /var/tmp, /dev/shm, /run) and the cluster's nodes are more than one machine
+    (more than one NodeHostName in sinfo). A heuristic only: a shared /tmp would be a false alarm."""
+    resolved = Path(os.path.abspath(path))
+    local = next((r for r in NODE_LOCAL_ROOTS if resolved == Path(r) or Path(r) in resolved.parents), None)
+    if local is None:
+        return None
+    hosts = node_hostnames() if hostnames is None else hostnames
+    if len(hosts) <= 1:
+        return None
+    return (f"warning: the run directory {resolved} is under {local}, which is usually local to each machine; "
+            f"the jobs run on {len(hosts)} hosts ({', '.join(sorted(hosts)[:4])}{', ...' if len(hosts) > 4 else ''}) "
+            "and may not see it: use a directory on a shared file system (--run-dir)")
+
+
+def _sbatch_failure(ex: submitit.AutoExecutor, err: BaseException) -> SlurmError:
+    """submitit's FailedJobError (sbatch's stderr) as one line with the sbatch command that failed."""
+    params = ex._executor.parameters
+    opts = [f"--job-name={params.get('job_name', '')}"]
+    for key in ("partition", "account", "qos", "constraint"):
+        if params.get(key):
+            opts.append(f"--{key}={params[key]}")
+    for key, value in params.get("additional_parameters", {}).items():
+        if key == "dependency":
+            opts.append(f"--{key}={value}")
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    said = "; ".join(dict.fromkeys(lines)) or "no output"
+    return SlurmError(f"'sbatch {' '.join(opts)} <script in {ex._executor.folder}>' failed: {said}")
+
+
+def _submitting(ex: submitit.AutoExecutor):
+    """Context for a submission: sbatch's refusal becomes a SlurmError naming the command."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def guard():
+        try:
+            yield
+        except submitit.core.utils.FailedJobError as e:
+            raise _sbatch_failure(ex, e) from None
+
+    return guard()
+
+
 # ----------------------------------------------------------------------------- executors
 
 def job_name(cfg: Config, stage: int, step: str) -> str:
@@ -265,7 +364,7 @@ def map_array(folder: Path, fn: Callable, items: Sequence, slurm: SlurmConfig, n
     for lo in range(0, len(items), size):
         chunk = list(items[lo:lo + size])
         ex = make_executor(folder, slurm, kind, name, after)
-        with ex.batch():
+        with _submitting(ex), ex.batch():
             chunk_jobs = [ex.submit(fn, item) for item in chunk]
         jobs += chunk_jobs
         if slurm.array_parallelism:
@@ -513,7 +612,8 @@ def submit_job(ctx: StageContext, step: str, fn: Callable[[StageContext], Any], 
             return sorted(queued.values())[0]
         folder = log_dir(ctx, step)
         ex = make_executor(folder, ctx.cfg.slurm, kind, job_name(ctx.cfg, ctx.stage, step), depends_on)
-        job = ex.submit(StepJob(step, str(ctx.run.path), ctx.cfg, ctx.stage, fn))
+        with _submitting(ex):
+            job = ex.submit(StepJob(step, str(ctx.run.path), ctx.cfg, ctx.stage, fn))
         ledger.add(step, {"job_id": job.job_id, "kind": kind, "elements": {job.job_id: None},
                           "depends_on": list(depends_on), "log_dir": str(folder)})
     return job.job_id

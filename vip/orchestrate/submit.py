@@ -180,7 +180,7 @@ def driver_lock(run: RunDir, timeout: float = 0):
                                   f"finish (or see `python jobs/stage.py --status --run-dir {run.path}`)") from None
     try:
         job = os.environ.get("SLURM_JOB_ID")
-        atomic_write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(),
+        atomic_write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": job or "",
                                    "what": f"Slurm job {job}" if job else "jobs/stage.py",
                                    "since": time.strftime("%Y-%m-%d %H:%M:%S")})
         yield
