@@ -395,6 +395,7 @@ class DrySubmitter(Submitter):
     def __init__(self):
         super().__init__()
         self.scripts: list[str] = []
+        self.todo: dict[tuple[int, str], list[int]] = {}  # (stage, array step) -> tasks it would submit
 
     def array(self, ctx: StageContext, step: str) -> list[str]:
         queued = self._queued(ctx, step)
@@ -414,6 +415,7 @@ class DrySubmitter(Submitter):
             self.scripts.append(_script(ctx, step, "array", after, header, len(chunk)))
             names.append(name)
         self.note(ctx, step, "would submit", names, f"array, tasks {task_ranges(tasks)}")
+        self.todo[(ctx.stage, step)] = tasks
         return wait + names
 
     def job(self, ctx: StageContext, step: str, kind: str, after: list[str], fn=None) -> list[str]:
@@ -488,4 +490,205 @@ def dry_run(cfg: Config, run_path: Path, stage: int, until: int) -> str:
              *("# " + a.line() for a in sink.actions)]
     if not sink.scripts:
         lines.append("# nothing to submit")
+    else:
+        lines += cost_lines(ctx, sink)
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- dry run: what it will cost
+
+TOYVID_CLIPS_PER_S = 1.2  # docs/benchmarks.md "Leave-one-out evaluation on toyvid (CPU)": one CPU thread
+SCORE_BYTES = 4  # float32 per aspect and clip
+SAMPLE_ID_BYTES = 24  # sample id, prompt id, seed (int64 each) per sample of a leave-one-out shard
+LOO_SHARD_BYTES = 8 * 1024  # HDF5 overhead of one shard (a toyvid loo shard: 9,648 B for 36 clips of one variant)
+PAIRS_SHARD_BYTES = 4 * 1024
+CLIP_STEPS = {"loo", "pairs", "target", "outcome"}  # the steps that generate clips
+
+
+@dataclass
+class StepCost:
+    """What one step would cost: its tasks, the clips they generate, device-hours, shard bytes."""
+
+    stage: int
+    step: str
+    tasks: int
+    clips: int = 0
+    clip_s: float = 0.0  # seconds per clip on one device
+    gpus: int = 1  # devices per task (0 = a CPU job: no GPU-hours)
+    bytes: int = 0
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.clips * self.clip_s * max(self.gpus, 0) / 3600
+
+    def line(self) -> str:
+        where = f"stage {self.stage}" if self.stage else "run"
+        gpu = f"{self.gpu_hours:8.3f} GPU-h" if self.gpus else "   (CPU job)"
+        clips = f"{self.clips:6d} clips" if self.clips else " " * 12
+        return f"# {where:<8} {self.step:<13} {self.tasks:4d} task(s) {clips}  {gpu}  {human_bytes(self.bytes):>9}"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def loo_task_clips(n_variants: int, n_samples: int, units_per_task: int, prompts_per_task: int) -> list[int]:
+    """Clips of every leave-one-out task, in plan order (loo.plan: variant chunks x sample chunks)."""
+    per = prompts_per_task or n_samples
+    return [min(units_per_task, n_variants - v) * (min(lo + per, n_samples) - lo)
+            for v in range(0, n_variants, units_per_task) for lo in range(0, n_samples, per)]
+
+
+def loo_bytes(clips: int, samples: int, shards: int) -> int:
+    """Leave-one-out shards: a float32 per aspect and clip, ids per sample, HDF5 overhead per shard."""
+    from vip.rewards.base import ASPECTS
+    return clips * SCORE_BYTES * len(ASPECTS) + samples * SAMPLE_ID_BYTES + shards * LOO_SHARD_BYTES
+
+
+def pairs_bytes(rows: int, latent_numel: int, shards: int) -> int:
+    """Pair shards, teacher and student side: fp16 latents, scores and ids per row, overhead per shard."""
+    from vip.rewards.base import ASPECTS
+    per_row = latent_numel * 2 + SCORE_BYTES * len(ASPECTS) + 16
+    return 2 * (rows * per_row + shards * PAIRS_SHARD_BYTES)
+
+
+def measured(run: RunDir, before: int) -> dict:
+    """From the last finished stage before `before` (its loo.h5 merged): seconds per clip (sacct elapsed
+    of its leave-one-out array tasks over their clips) and bytes per clip of its loo and pairs shards.
+    Keys present only when known; `from` names the stage."""
+    out: dict = {}
+    for n in range(before - 1, 0, -1):
+        d = run.stage(n)
+        planned = loo.read_plan(d)
+        if planned is None or not (d / "loo.h5").is_file():
+            continue
+        out["from"] = n
+        clips = [len(t["variants"]) * (t["samples"][1] - t["samples"][0]) for t in planned["tasks"]]
+        marks = [_marker_bytes(d / "loo" / "done" / f"task_{i:05d}") for i in range(len(clips))]
+        if all(m is not None for m in marks) and sum(clips):
+            out["loo_bytes_per_clip"] = sum(marks) / sum(clips)
+        elapsed = _elapsed(Ledger(d), "loo")
+        done = [i for i in elapsed if i < len(clips)]
+        if done and sum(clips[i] for i in done):
+            out["clip_s"] = sum(elapsed[i] for i in done) / sum(clips[i] for i in done)
+        pp = pairs.read_plan(d)
+        if pp is not None:
+            rows = len(pp["prompts"])
+            sizes = [_marker_bytes(m) for m in (d / "pairs" / "done").glob("task_*")] if (d / "pairs" / "done").is_dir() \
+                else []
+            if rows and sizes and len(sizes) == len(pp["tasks"]) and all(x is not None for x in sizes):
+                out["pairs_bytes_per_row"] = 2 * sum(sizes) / rows  # the teacher side is as large
+        break
+    return out
+
+
+def _marker_bytes(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _elapsed(ledger: Ledger, step: str) -> dict[int, float]:
+    """Task -> elapsed seconds of its latest COMPLETED array element (sacct ElapsedRaw); {} without accounting."""
+    latest = {t: e for t, (e, _) in latest_elements(ledger, step).items() if t is not None}
+    if not latest:
+        return {}
+    bases = sorted({e.split("_")[0] for e in latest.values()}, key=_id_key)
+    try:
+        text = slurm._run(["sacct", "-n", "-X", "-P", "-j", ",".join(bases), "-o", "JobID,State,ElapsedRaw"])
+    except slurm.SlurmError:
+        return {}
+    secs = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3 and parts[1] == "COMPLETED" and parts[2].isdigit():
+            secs[parts[0]] = float(parts[2])
+    return {t: secs[e] for t, e in latest.items() if e in secs}
+
+
+def stage_costs(cfg: Config, stage: int, todo: dict[str, list[int]], n_variants: int, n_samples: int,
+                latent_numel: int, known: dict, pairs_rows: int | None = None) -> list[StepCost]:
+    """The arithmetic of the estimate, for one stage (no files, no Slurm).
+
+    todo: array step -> the tasks that would be submitted; single steps (target, outcome, ...) -> [None].
+    known: measured() of an earlier stage (clip_s, loo_bytes_per_clip, pairs_bytes_per_row), else the
+    constants: TOYVID_CLIPS_PER_S and the per-sample byte estimates above.
+    pairs_rows: rows of the pairs plan (None: not planned yet; max_prompts x seeds_per_prompt is the bound)."""
+    clip_s = known.get("clip_s", 1 / TOYVID_CLIPS_PER_S)
+    array_gpus = max(1, cfg.slurm.array_gpus)
+    out = []
+    for step, tasks in todo.items():
+        c = StepCost(stage, step, len(tasks), clip_s=clip_s, gpus=0)
+        if step == "loo":
+            per_task = loo_task_clips(n_variants, n_samples, cfg.loo.units_per_task, cfg.loo.prompts_per_task)
+            c.clips = sum(per_task[i] for i in tasks)
+            per = cfg.loo.prompts_per_task or n_samples
+            chunks = -(-n_samples // per)  # task i covers sample chunk i % chunks
+            samples = sum(min(per, n_samples - (i % chunks) * per) for i in tasks)
+            c.gpus = array_gpus
+            c.bytes = round(known["loo_bytes_per_clip"] * c.clips) if "loo_bytes_per_clip" in known \
+                else loo_bytes(c.clips, samples, len(tasks))
+        elif step == "pairs":
+            rows = pairs_rows if pairs_rows is not None else cfg.curate.max_prompts * cfg.curate.seeds_per_prompt
+            per = cfg.curate.samples_per_task
+            n_tasks = -(-rows // per)
+            idx = tasks if tasks and tasks[0] is not None else list(range(n_tasks))
+            task_rows = sum(min(per, rows - i * per) for i in idx)
+            c.tasks, c.clips, c.gpus = len(idx), 2 * task_rows, array_gpus  # teacher and student videos
+            c.bytes = round(known["pairs_bytes_per_row"] * task_rows) if "pairs_bytes_per_row" in known \
+                else pairs_bytes(task_rows, latent_numel, len(idx))
+        elif step in ("target", "outcome"):
+            c.clips = (2 if step == "target" else 1) * n_samples  # teacher + pruned student / trained student
+            c.gpus = max(1, cfg.slurm.array_gpus)
+        elif step == "train":
+            c.tasks = cfg.slurm.nodes * max(1, cfg.slurm.gpus_per_node)
+            c.gpus = 0 if not cfg.slurm.gpus_per_node else c.tasks
+            c.clip_s = 0.0  # not estimated here: see the ReDPO training benchmark
+        out.append(c)
+    return out
+
+
+def cost_lines(ctx: StageContext, sink: "DrySubmitter") -> list[str]:
+    """The cost estimate of what a dry run would submit, per step (printed after the summary)."""
+    known = measured(ctx.run, ctx.stage)
+    lines = ["# ---- estimated cost (" + (
+        f"{known['clip_s']:.2f} s per clip measured from stage {known['from']}'s leave-one-out jobs (sacct)"
+        if "clip_s" in known else f"{1 / TOYVID_CLIPS_PER_S:.2f} s per clip: toyvid on one CPU thread, "
+                                  f"{TOYVID_CLIPS_PER_S} clips/s, docs/benchmarks.md") + "; storage: shard bytes " + (
+        f"of stage {known['from']}" if "loo_bytes_per_clip" in known else "estimated per sample") + ")"]
+    by_stage: dict[int, dict[str, list]] = {}
+    for a in sink.actions:
+        if a.verb == "would submit" and a.step not in ("continue", "next"):
+            by_stage.setdefault(a.stage, {})[a.step] = sink.todo.get((a.stage, a.step), [None])
+        if a.verb == "later" and a.step == "pairs..":  # submitted by the continuation: estimated all the same
+            for step in ("pairs", "curate", "train", "outcome"):
+                by_stage.setdefault(a.stage, {})[step] = [None]
+    gpu_h, total_bytes = 0.0, 0
+    for n, todo in sorted(by_stage.items()):
+        sctx = StageContext(ctx.run, ctx.cfg, n) if n != ctx.stage else ctx
+        if n == 0:  # the prompt filter: LLM calls, no clips
+            costs = [StepCost(0, step, len(t), gpus=0) for step, t in todo.items()]
+        else:
+            try:
+                n_variants = 1 + len(loo.units_to_evaluate(sctx))
+                latent = math.prod(sctx.model.latent_shape)
+            except Exception:  # a later stage's model does not exist yet: this stage's figures
+                n_variants = 1 + len(loo.units_to_evaluate(ctx)) - ctx.cfg.select.k
+                latent = math.prod(ctx.model.latent_shape)
+            pp = pairs.read_plan(sctx.dir)
+            costs = stage_costs(ctx.cfg, n, todo, n_variants, len(ctx.eval_set.prompts), latent, known,
+                                len(pp["prompts"]) if pp else None)
+        for c in costs:
+            later = todo.get("pairs") == [None] and c.step in ("pairs", "curate", "train", "outcome")
+            lines.append(c.line() + ("  (upper bound, submitted later)" if later and c.step == "pairs"
+                                     else "  (submitted later)" if later and c.step != "train"
+                                     else "  (not estimated: see the training benchmark)" if c.step == "train" else ""))
+            gpu_h += c.gpu_hours
+            total_bytes += c.bytes
+    lines.append(f"# total{'':<39}{gpu_h:8.3f} GPU-h  {human_bytes(total_bytes):>9}")
+    return lines

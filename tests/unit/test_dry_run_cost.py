@@ -1,0 +1,106 @@
+"""The arithmetic of the --dry-run cost estimate (tasks, clips, GPU-hours, shard bytes) on a synthetic
+config, and the figures read back from an earlier stage (shard markers, sacct elapsed); no cluster."""
+import json
+
+import pytest
+
+from vip import config
+from vip.orchestrate import slurm, submit
+from vip.orchestrate.ledger import Ledger
+from vip.store import RunDir
+
+ASPECTS = 4
+LATENT = 12 * 8 * 16 * 16
+
+
+def _cfg(*overrides):
+    return config.load(None, ["loo.units_per_task=4", "loo.prompts_per_task=4", "curate.max_prompts=8",
+                              "curate.seeds_per_prompt=3", "curate.samples_per_task=10", "slurm.array_gpus=1",
+                              *overrides])
+
+
+def test_leave_one_out_clips_follow_the_plan():
+    # 6 variants in chunks of 4 and 2, 10 samples in chunks of 4, 4, 2
+    assert submit.loo_task_clips(6, 10, 4, 4) == [16, 16, 8, 8, 8, 4]
+    assert submit.loo_task_clips(5, 36, 4, 0) == [144, 36]  # the toyvid demo plan: 4 + 1 variants, all prompts
+
+
+def test_costs_from_the_constants():
+    cfg = _cfg()
+    costs = {c.step: c for c in submit.stage_costs(cfg, 1, {"loo": [0, 1, 2, 3, 4, 5], "select": [None],
+                                                             "target": [None], "pairs": [None], "outcome": [None]},
+                                                   n_variants=6, n_samples=10, latent_numel=LATENT, known={})}
+    loo = costs["loo"]
+    assert (loo.tasks, loo.clips) == (6, 60)
+    assert loo.clip_s == pytest.approx(1 / 1.2) and loo.gpu_hours == pytest.approx(60 / 1.2 / 3600)
+    # 60 clips x 4 aspects x 4 bytes + 3 sample chunks twice (10 samples x 2 variant chunks) x 24 + 6 shards x 8 KiB
+    assert loo.bytes == 60 * ASPECTS * 4 + 20 * 24 + 6 * 8192
+    assert costs["select"].gpus == 0 and costs["select"].gpu_hours == 0
+    assert costs["target"].clips == 20 and costs["outcome"].clips == 10  # teacher + student / trained student
+    # pairs not planned yet: max_prompts x seeds_per_prompt = 24 rows in tasks of 10, 10, 4; two videos per row
+    pairs = costs["pairs"]
+    assert (pairs.tasks, pairs.clips) == (3, 48)
+    assert pairs.bytes == 2 * (24 * (LATENT * 2 + ASPECTS * 4 + 16) + 3 * 4096)
+    assert pairs.gpu_hours == pytest.approx(48 / 1.2 / 3600)
+
+
+def test_only_the_tasks_to_submit_count_and_gpus_per_task_multiply():
+    cfg = _cfg("slurm.array_gpus=2")
+    (loo,) = submit.stage_costs(cfg, 2, {"loo": [2, 5]}, 6, 10, LATENT, {})
+    assert loo.clips == 8 + 4 and loo.bytes == 12 * ASPECTS * 4 + (2 + 2) * 24 + 2 * 8192  # both in sample chunk 2
+    assert loo.gpu_hours == pytest.approx(12 / 1.2 * 2 / 3600)
+    (pairs,) = submit.stage_costs(cfg, 2, {"pairs": [2]}, 6, 10, LATENT, {}, pairs_rows=24)
+    assert (pairs.tasks, pairs.clips) == (1, 8)
+
+
+def test_measured_figures_replace_the_constants():
+    known = {"clip_s": 3.0, "loo_bytes_per_clip": 100.0, "pairs_bytes_per_row": 1000.0, "from": 1}
+    costs = {c.step: c for c in submit.stage_costs(_cfg(), 2, {"loo": list(range(6)), "pairs": [None]}, 6, 10,
+                                                   LATENT, known, pairs_rows=30)}
+    assert costs["loo"].gpu_hours == pytest.approx(60 * 3.0 / 3600) and costs["loo"].bytes == 6000
+    assert (costs["pairs"].tasks, costs["pairs"].clips, costs["pairs"].bytes) == (3, 60, 30_000)
+
+
+def test_train_gpus_and_the_lines():
+    cfg = _cfg("slurm.nodes=2", "slurm.gpus_per_node=4")
+    (train,) = submit.stage_costs(cfg, 1, {"train": [None]}, 6, 10, LATENT, {})
+    assert train.tasks == 8 and train.gpu_hours == 0  # not estimated (see the training benchmark)
+    assert submit.human_bytes(512) == "512 B" and submit.human_bytes(1536) == "1.5 KiB"
+    assert submit.human_bytes(3 * 1024 ** 3) == "3.0 GiB"
+    line = submit.StepCost(1, "loo", 6, 60, 1 / 1.2, 1, 1000).line()
+    assert "loo" in line and "6 task(s)" in line and "60 clips" in line and "0.014 GPU-h" in line and "1000 B" in line
+
+
+def test_measured_reads_the_last_finished_stage(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    d = run.stage(1)
+    (d / "loo" / "done").mkdir(parents=True)
+    plan = {"variants": ["<full>", "a", "b", "c", "d"], "samples": 36,
+            "tasks": [{"variants": ["<full>", "a", "b", "c"], "samples": [0, 36]}, {"variants": ["d"], "samples": [0, 36]}]}
+    (d / "loo" / "tasks.json").write_text(json.dumps(plan))
+    (d / "loo.h5").write_bytes(b"")
+    for i, size in enumerate((11424, 9648)):
+        (d / "loo" / "done" / f"task_{i:05d}").write_text(json.dumps({"sha256": "x", "bytes": size}))
+    ledger = Ledger(d)
+    with ledger.lock():
+        ledger.add("loo", {"job_id": "40", "kind": "array", "elements": {"40_0": 0, "40_1": 1}, "log_dir": "x"})
+        ledger.add("loo", {"job_id": "41", "kind": "array", "elements": {"41_1": 1}, "log_dir": "x"})  # task 1 redone
+    calls = []
+
+    def fake_run(cmd, timeout=60):
+        calls.append(cmd)
+        return "40_0|COMPLETED|120\n40_1|CANCELLED by 0|5\n41_1|COMPLETED|30\n"
+
+    monkeypatch.setattr(slurm, "_run", fake_run)
+    known = submit.measured(run, 2)
+    assert known["from"] == 1
+    assert known["clip_s"] == pytest.approx((120 + 30) / 180)  # latest element of each task, COMPLETED only
+    assert known["loo_bytes_per_clip"] == pytest.approx((11424 + 9648) / 180)
+    assert "-j" in calls[0] and calls[0][calls[0].index("-j") + 1] == "40,41"
+    assert submit.measured(run, 1) == {}  # nothing before stage 1
+
+    def no_accounting(cmd, timeout=60):
+        raise slurm.SlurmError("sacct: accounting storage is disabled")
+
+    monkeypatch.setattr(slurm, "_run", no_accounting)
+    assert "clip_s" not in submit.measured(run, 2)  # then the documented constant
