@@ -98,6 +98,7 @@ class TrainConfig:
     w_sft: float = 1.0e6  # weight of the SFT (distillation) term; the paper's VideoCrafter2 value
     reference: str = "teacher"  # DPO reference: teacher (frozen full M0) | student (frozen initial student)
     sft_target: str = "teacher"  # teacher (distill M0's prediction on the winner) | noise (the diffusion target)
+    min_pairs: int = 16  # fewer kept pairs than this: the stage skips training (a handful of pairs overfits)
     epochs: int = 4
     batch_size: int = 4  # pairs per rank per micro-step
     grad_accum: int = 1

@@ -25,7 +25,7 @@ def _stage(run_dir, *extra):
 def test_stage1_on_shipped_teacher(tmp_path):
     run_dir = tmp_path / "run"
     args = ["prompts.eval_count=12", "model.steps=10", "loo.batch_size=12", "loo.units_per_task=6",
-            "curate.max_prompts=4", "curate.seeds_per_prompt=2", "train.epochs=1", "train.batch_size=2",
+            "curate.max_prompts=4", "curate.seeds_per_prompt=2", "train.epochs=1", "train.batch_size=2", "train.min_pairs=1",
             "runtime.progress=false"]
     r = _stage(run_dir, *args)
     assert r.returncode == 0, r.stderr[-2000:]

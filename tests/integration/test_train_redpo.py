@@ -135,3 +135,14 @@ def test_a_checkpoint_from_another_student_is_refused(train_run):
                                                          "config_sha256": "y", "step": 3}))
     _fails_with(run, "was made for another student")
     assert tag.is_dir()  # nothing deleted
+
+
+def test_too_few_pairs_skip_training_and_pass_the_pruned_student_on(train_run):
+    run = train_run(overrides=["train.min_pairs=16"])  # 8 pairs
+    r = run_training(run)
+    assert r.returncode == 0, r.stderr[-2000:]
+    done = json.loads((train_dir(run, 1) / "done.json").read_text())
+    assert done["steps"] == 0 and done["skipped"] == "8 pairs < train.min_pairs=16"
+    before, after = weights(run, "pruned"), weights(run)
+    assert all((before[k] == after[k]).all() for k in before)
+    assert not (train_dir(run, 1) / "ckpt").exists()

@@ -21,7 +21,7 @@ def make_train_run(root: Path, model_dir: Path, n_pairs: int = 8, overrides: lis
     in the layout curation writes (latents drawn at random: the trainer's input is the file format)."""
     cfg = vip_config.load(ROOT / "configs/toyvid.yaml", [
         f"model.path={model_dir}", "train.epochs=2", "train.batch_size=2", "train.w_sft=100", "train.lr=1e-4",
-        "train.checkpoint_every=0", "train.warmup_steps=2", *overrides])
+        "train.checkpoint_every=0", "train.warmup_steps=2", "train.min_pairs=1", *overrides])
     run = RunDir(root)
     run.freeze(cfg)
     ctx = StageContext(run, cfg, 1)

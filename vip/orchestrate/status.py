@@ -71,6 +71,8 @@ def _filter_row(run: RunDir) -> tuple[str, str, str]:
 
 def _train_row(directory) -> tuple[str, str, str]:
     done = _json(directory / "done.json")
+    if done and done.get("skipped"):
+        return ("train", "done", f"skipped: {done['skipped']} -> {directory / 'final'} (the pruned student)")
     if done:
         return ("train", "done", f"{done['steps']} steps on {done['pairs']} pairs, {done['world_size']} ranks "
                                  f"-> {directory / 'final'}")
@@ -97,8 +99,9 @@ def outcome_table(outcomes: list[dict]) -> str:
                                   ("ReDPO", "redpo", o["params"]["student"])):
             m = o[key]
             rows.append((f"stage {o['stage']}", name, *(f"{m[a]:.3f}" for a in ASPECTS), f"{m['total']:.3f}",
-                         f"{params:,}", ", ".join(SHORT[t] for t in o["targets"]) if name == "ReDPO" else ""))
-    header = ("stage", "model", *(SHORT[a] for a in ASPECTS), "total", "params", "target")
+                         f"{params:,}", ", ".join(SHORT[t] for t in o["targets"]) if name == "ReDPO" else "",
+                         o.get("training", "") if name == "ReDPO" else ""))
+    header = ("stage", "model", *(SHORT[a] for a in ASPECTS), "total", "params", "target", "training")
     return format_rows(rows, header)
 
 

@@ -25,11 +25,17 @@ def run(ctx: StageContext) -> dict:
     if not (trained_dir / "removed_units.json").is_file():
         raise IncompleteError(f"stage {ctx.stage} has no trained student at {trained_dir}; run training first")
     trained = load_video_model(ctx.cfg.model, trained_dir)
-    es = ctx.eval_set
-    scores = evaluate(trained, ctx.reward, es.prompts, es.seeds, ctx.cfg.loo.batch_size, timed=ctx.timed)
+    done = json.loads((trained_dir.parent / "done.json").read_text())
+    if done.get("skipped"):  # the untrained pruned student: its scores are the target step's
+        redpo = dict(tgt["pruned"])
+    else:
+        es = ctx.eval_set
+        redpo = mean_scores(evaluate(trained, ctx.reward, es.prompts, es.seeds, ctx.cfg.loo.batch_size,
+                                     timed=ctx.timed))
     record = {
         "stage": ctx.stage, "targets": tgt["targets"],
-        "full": tgt["teacher"], "pruned": tgt["pruned"], "redpo": mean_scores(scores),
+        "full": tgt["teacher"], "pruned": tgt["pruned"], "redpo": redpo,
+        "training": done.get("skipped") or f"{done['steps']} steps on {done['pairs']} pairs",
         "params": {"full": ctx.teacher.num_params(), "student": trained.num_params()},
         "removed_units": json.loads((trained_dir / "removed_units.json").read_text()),
         "config_sha256": ctx.cfg.hash(),

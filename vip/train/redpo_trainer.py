@@ -168,6 +168,8 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
     student_sha = student_sha256(ctx)
     pairs = load_pairs(pairs_path(ctx), cfg.hash(), student_sha)
     meta = {"student_sha256": student_sha, "pairs_sha256": sha256_file(pairs_path(ctx)), "config_sha256": cfg.hash()}
+    if len(pairs) < tc.min_pairs:
+        return _skip(ctx, rank, meta, len(pairs), f"{len(pairs)} pairs < train.min_pairs={tc.min_pairs}")
     # train.batch_size is an upper bound: a stage that kept few pairs (its student lost little)
     # still trains on all of them rather than stopping
     batch = min(tc.batch_size, len(pairs) // world)
@@ -273,6 +275,23 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
         log.close()
     dist.shutdown()
     return code
+
+
+def _skip(ctx: StageContext, rank: int, meta: dict, n_pairs: int, reason: str) -> int:
+    """Too few pairs to learn from without overfitting: the pruned student goes on as it is."""
+    if rank == 0:
+        final = final_path(ctx.run, ctx.stage)
+        tmp = final.with_name("final.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(ctx.pruned_path(), tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
+        atomic_write_json(train_dir(ctx.run, ctx.stage) / "done.json",
+                          {"steps": 0, "pairs": n_pairs, "world_size": 0, "skipped": reason,
+                           "config_sha256": ctx.cfg.hash(), **meta})
+        print(f"vip: stage {ctx.stage} training skipped: {reason}; the pruned student goes on untrained", flush=True)
+    dist.shutdown()
+    return 0
 
 
 def _save_final(engine, student, run: RunDir, stage: int, rank: int) -> None:
