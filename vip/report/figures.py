@@ -29,8 +29,8 @@ MODELS = (("full", "full (teacher)", "#7f7f7f", "s"), ("pruned", "pruned", "#c44
 
 
 def _smooth(y: np.ndarray) -> np.ndarray:
-    """Trailing moving average over about a twentieth of the run (at least 1 step)."""
-    w = max(1, len(y) // 20)
+    """Trailing moving average over about a tenth of the run (at least 1 step)."""
+    w = max(1, len(y) // 10)
     c = np.cumsum(np.insert(y, 0, 0.0))
     out = np.empty_like(y)
     out[w - 1:] = (c[w:] - c[:-w]) / w
