@@ -20,6 +20,9 @@ def main(argv=None) -> None:
     ap.add_argument("run_dir", type=Path, help="the run directory (what jobs/stage.py --run-dir wrote)")
     args = ap.parse_args(argv)
     with fail_cleanly():
+        from vip.report.collect import read_run
+
+        read_run(args.run_dir)  # a bad path fails here, before matplotlib and torch are imported
         from vip.report.build import write_report
 
         html = write_report(args.run_dir)

@@ -6,6 +6,7 @@ import re
 import struct
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,16 @@ def make_run(root: Path) -> Path:
     return run
 
 
+def _light(run: Path) -> Path:
+    """The run without the records that only feed figures (faster tests of what is left)."""
+    import shutil
+
+    for p in (run / "filter", run / "stage2", run / "stage1" / "selection.json", run / "stage1" / "curation.json",
+              run / "stage1" / "train" / "metrics.jsonl"):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return run
+
+
 def _png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
@@ -157,7 +168,7 @@ def test_missing_parts_of_a_stage_are_not_yet_run(report):
 
 
 def test_a_stage_folder_with_nothing_finished_is_not_yet_run(tmp_path):
-    run = make_run(tmp_path)
+    run = _light(make_run(tmp_path))
     (run / "stage3").mkdir()
     html = write_report(run).read_text()
     s3 = _section(html, "stage3")
@@ -199,3 +210,19 @@ def test_not_a_run_directory_is_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "not a run directory" in r.stderr
     assert not (tmp_path / "report.html").exists()
+
+
+def test_a_stage_whose_training_was_skipped(tmp_path):
+    """train.min_pairs: too few pairs, no training; the student is the pruned one."""
+    run = _light(make_run(tmp_path))
+    s1 = run / "stage1"
+    reason = "2 pairs < train.min_pairs=16"
+    _w(s1 / "train" / "done.json", {"steps": 0, "pairs": 2, "world_size": 0, "skipped": reason})
+    _w(s1 / "outcome.json", {**OUTCOME, "redpo": OUTCOME["pruned"], "training": reason})
+    html = write_report(run).read_text()
+    stage1 = _section(html, "stage1")
+    assert f"<strong>skipped</strong>: {escape(reason)}; the pruned student goes on untrained." in stage1
+    assert "Training was skipped" in stage1 and "ReDPO training: not yet run" not in stage1
+    assert f"<td>skipped: {escape(reason)}</td>" in _section(html, "outcome")
+    assert len(re.findall(r"<img ", html)) == 1  # the outcome chart; no training curves
+

@@ -86,10 +86,11 @@ class Builder:
         for s in self.run.stages:
             o, t, sel = s.outcome, s.target, s.selection
             row = {"stage": s.n, "full": None, "pruned": None, "redpo": None, "params_full": None,
-                   "params_student": None, "targets": []}
+                   "params_student": None, "targets": [], "training": ""}
             if o:
                 row.update(full=o["full"], pruned=o["pruned"], redpo=o["redpo"], params_full=o["params"]["full"],
-                           params_student=o["params"]["student"], targets=o.get("targets", []))
+                           params_student=o["params"]["student"], targets=o.get("targets", []),
+                           training=_training(o, s.train_done))
             elif t:
                 row.update(full=t["teacher"], pruned=t["pruned"], targets=t["targets"])
             if not o and sel:
@@ -104,7 +105,7 @@ class Builder:
         if not any(r["full"] for r in rows):
             return out + [Missing("outcome", "no stage has reached target detection")]
         header = ["stage", "model", *(SHORT[a] for a in ASPECTS), "total", "params", "params vs full",
-                  "recovered", "target"]
+                  "recovered", "target", "training"]
         body, classes = [], []
         for r in rows:
             if not r["full"]:
@@ -123,7 +124,8 @@ class Builder:
                          *(_f3(m.get(a)) for a in ASPECTS), Strong(_f3(m.get("total"))), _int(params),
                          "100%" if key == "full" else frac,
                          recovered(r) if key == "redpo" else "",
-                         ", ".join(SHORT.get(a, a) for a in r["targets"]) if key != "full" else ""]
+                         ", ".join(SHORT.get(a, a) for a in r["targets"]) if key != "full" else "",
+                         r["training"] if key == "redpo" else ""]
                 body.append(cells)
                 classes.append("")
         out.append(Table(header, body, classes, note=LEGEND + ". recovered: (ReDPO − pruned) / (full − pruned) "
@@ -254,15 +256,19 @@ class Builder:
     def training(self, s: StageData) -> list[Block]:
         out: list[Block] = [Heading(3, f"Stage {s.n}: ReDPO training")]
         m = s.metrics
+        done = s.train_done
+        if done and done.get("skipped"):
+            out.append(Para([Strong("skipped"), f": {done['skipped']}; the pruned student goes on untrained."]))
+            if not m:
+                return out
         if not m:
             started = (s.dir / "train" / "metrics.jsonl").is_file()
             return out + [Missing("ReDPO training", "started; no step logged yet" if started else "",
                                   "in progress" if started else NOT_YET)]
-        done = s.train_done
-        if done:
+        if done and not done.get("skipped"):
             out.append(Para([f"{done.get('steps', len(m))} steps on {done.get('pairs', '?')} pairs, "
                              f"{done.get('world_size', '?')} rank(s)."]))
-        else:
+        elif not done:
             out.append(Para([Strong("in progress"), f": {len(m)} steps logged so far."]))
         path = figures.training_curves(m, self.fig_path(f"stage{s.n}_training.png"),
                                        title=f"Stage {s.n} ReDPO training ({len(m)} steps)")
@@ -286,6 +292,10 @@ class Builder:
         if not o:
             return out + [Missing("outcome (evaluation of the trained student)")]
         row = {"full": o["full"], "pruned": o["pruned"], "redpo": o["redpo"]}
+        if s.train_done and s.train_done.get("skipped"):
+            return out + [Para([f"Training was skipped ({s.train_done['skipped']}): the stage's student is the "
+                                f"pruned one, total {o['redpo']['total']:.3f} (full {o['full']['total']:.3f}), with "
+                                f"{o['params']['student']:,} of {o['params']['full']:,} denoiser parameters."])]
         worse = " – below the pruned student" if o["redpo"]["total"] < o["pruned"]["total"] else ""
         out.append(Para([f"ReDPO total {o['redpo']['total']:.3f} (pruned {o['pruned']['total']:.3f}, full "
                          f"{o['full']['total']:.3f}; recovered {recovered(row)} of the drop{worse}) with "
@@ -314,6 +324,16 @@ def _join(items: list) -> list:
     for i, x in enumerate(items):
         out += ([", "] if i else []) + [x]
     return out
+
+
+def _training(outcome: dict, done: dict | None) -> str:
+    """How the stage's student was trained: outcome.json's "training" (newer runs), else from train/done.json."""
+    if outcome.get("training"):
+        return ("skipped: " if done and done.get("skipped") else "") + str(outcome["training"])
+    if done:
+        return f"skipped: {done['skipped']}" if done.get("skipped") else f"{done.get('steps')} steps on " \
+                                                                           f"{done.get('pairs')} pairs"
+    return ""
 
 
 def _g(x: float) -> str:
