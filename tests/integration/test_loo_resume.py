@@ -71,7 +71,7 @@ def test_a_changed_model_is_refused_not_mixed(ctx):
 
 
 def test_selection_from_merged_scores_and_pruned_student(ctx):
-    sel = driver.run_stage(ctx)
+    sel = driver.run_selection(ctx)
     merged, _ = read_h5(loo.merged_path(ctx))
     variants = merged["variants"].tolist()
     d = select.deltas(merged["scores"], variants)
@@ -80,5 +80,5 @@ def test_selection_from_merged_scores_and_pruned_student(ctx):
     assert sel["params_after"] == sel["params_before"] - sel["unit_params"][sel["chosen"][0]]
     # a second call finds everything done and changes nothing
     before = select.selection_path(ctx).stat().st_mtime_ns
-    driver.run_stage(ctx)
+    driver.run_selection(ctx)
     assert select.selection_path(ctx).stat().st_mtime_ns == before

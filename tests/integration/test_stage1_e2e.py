@@ -60,5 +60,8 @@ def test_stage1_on_shipped_teacher(tmp_path):
     # status reads the files only and reports everything done
     s = _stage(run_dir, "--status", *args)
     assert s.returncode == 0
-    assert "loo     done" in s.stdout and "select  done" in s.stdout
+    rows = {ln.split()[0]: ln.split()[1] for ln in s.stdout.splitlines() if ln.split() and ln.split()[0] in
+            ("loo", "select", "target", "curate", "train", "outcome")}
+    assert rows == {"loo": "done", "select": "done", "target": "done", "curate": "done", "train": "done",
+                    "outcome": "done"}
     assert all(u in s.stdout for u in sel["chosen"])

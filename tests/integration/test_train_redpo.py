@@ -146,3 +146,12 @@ def test_too_few_pairs_skip_training_and_pass_the_pruned_student_on(train_run):
     before, after = weights(run, "pruned"), weights(run)
     assert all((before[k] == after[k]).all() for k in before)
     assert not (train_dir(run, 1) / "ckpt").exists()
+
+
+def test_an_empty_pairs_file_skips_training_or_is_refused_when_min_pairs_is_0(train_run):
+    run = train_run(n_pairs=0)  # train.min_pairs=1: curation kept nothing, the stage goes on untrained
+    r = run_training(run)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((train_dir(run, 1) / "done.json").read_text())["skipped"] == "0 pairs < train.min_pairs=1"
+    strict = train_run("strict", n_pairs=0, overrides=["train.min_pairs=0"])
+    _fails_with(strict, "holds no pairs")

@@ -17,6 +17,7 @@ from vip.models.registry import check_backbone
 from vip.orchestrate import local
 from vip.prompts.llm import check_backend, make_backend
 from vip.prompts.sets import load_prompts
+from vip.report.build import write_report
 from vip.rewards.registry import check_reward
 from vip.steps import filter as prompt_filter
 from vip.steps import loo, outcome, pairs, select, target
@@ -103,15 +104,21 @@ def run_training(ctx: StageContext) -> None:
         raise IncompleteError(f"stage {ctx.stage} training failed (exit {code}); see the output above")
 
 
-def run_stage(ctx: StageContext) -> dict:
-    """Every step of one stage that is not done yet; returns the stage's outcome."""
-    cfg, run = ctx.cfg, ctx.run
+def run_selection(ctx: StageContext) -> dict:
+    """Leave-one-out evaluation and unit selection; returns selection.json's record."""
     if not loo.is_done(ctx):
         if loo.missing(ctx):
             run_loo(ctx)
         loo.merge(ctx)
     if not select.is_done(ctx):
         select.run(ctx)
+    return select.load(ctx)
+
+
+def run_stage(ctx: StageContext) -> dict:
+    """Every step of one stage that is not done yet; returns the stage's outcome."""
+    cfg, run = ctx.cfg, ctx.run
+    run_selection(ctx)
     if not prompt_filter.is_done(run, cfg):
         run_filter(run, cfg)
     if not target.is_done(ctx):
@@ -124,4 +131,5 @@ def run_stage(ctx: StageContext) -> dict:
         run_training(ctx)
     if not outcome.is_done(ctx):
         outcome.run(ctx)
+    write_report(run.path)  # report.html: one file a person can open or mail
     return outcome.load(ctx)

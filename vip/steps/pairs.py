@@ -17,7 +17,6 @@ import numpy as np
 
 from vip.config import ConfigError
 from vip.curation import curate as apply_rules
-from vip.curation import rejection_report
 from vip.models.base import VideoModel
 from vip.plots import curation_chart
 from vip.rewards.base import ASPECTS, as_matrix
@@ -168,10 +167,7 @@ def curate(ctx: StageContext) -> dict:
         if h not in seen:
             seen.add(h)
             unique.append(i)
-    keep = np.array(unique, dtype=np.int64)
-    if len(keep) == 0:
-        raise IncompleteError(f"curation kept no pairs for target(s) {', '.join(targets)}:\n"
-                              + rejection_report(result, len(teacher["scores"])))
+    keep = np.array(unique, dtype=np.int64)  # may be empty: the stage then skips training (train.min_pairs)
     prompts = np.array(planned["prompts"])
     write_h5(pairs_path(ctx), {
         "latents_w": teacher["latents"][keep], "latents_l": student["latents"][keep],

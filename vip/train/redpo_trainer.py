@@ -166,7 +166,7 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
     ckpt = out / "ckpt"
 
     student_sha = student_sha256(ctx)
-    pairs = load_pairs(pairs_path(ctx), cfg.hash(), student_sha)
+    pairs = load_pairs(pairs_path(ctx), cfg.hash(), student_sha, allow_empty=tc.min_pairs > 0)
     meta = {"student_sha256": student_sha, "pairs_sha256": sha256_file(pairs_path(ctx)), "config_sha256": cfg.hash()}
     if len(pairs) < tc.min_pairs:
         return _skip(ctx, rank, meta, len(pairs), f"{len(pairs)} pairs < train.min_pairs={tc.min_pairs}")
