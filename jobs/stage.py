@@ -103,8 +103,7 @@ def main() -> None:
 
     with fail_cleanly():
         cfg = vip_config.load(args.config, overrides)
-        from vip.orchestrate import driver, status
-        from vip.steps import pairs, select
+        from vip.orchestrate import driver
         from vip.store import RunDir
 
         run = RunDir.for_config(cfg, args.run_dir)
@@ -124,12 +123,8 @@ def main() -> None:
                 raise vip_config.ConfigError(f"--{flag.replace('_', '-')} is for the Slurm executor "
                                              "(--executor slurm or runtime.executor=slurm)")
         for n in range(args.stage, last + 1):
-            ctx = driver.preflight(cfg, run, n)
-            driver.run_stage(ctx)
-            print(f"\nstage {n}: leave-one-out and selection\n" + status.selection_table(select.load(ctx)))
-            print(f"\nstage {n}: curation\n" + status.curation_summary(pairs.load(ctx)))
-        print("\n" + status.outcome_table(status.all_outcomes(run)))
-        print(f"\nrun directory: {run.path}")
+            driver.run_stage(driver.preflight(cfg, run, n))
+        print_results(run, cfg, args.stage, last)
 
 
 if __name__ == "__main__":
