@@ -7,7 +7,6 @@ teacher, i.e. the goal of distillation, not any of the findings.
 """
 from __future__ import annotations
 
-import itertools
 import statistics
 from dataclasses import replace
 

@@ -18,7 +18,6 @@ import shutil
 import signal
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -111,13 +110,6 @@ def lr_factor(step: int, warmup: int, total: int, lr: float, min_lr: float) -> f
 def step_generator(seed: int, micro: int, rank: int) -> torch.Generator:
     """Noise and timesteps of global micro-step `micro` on `rank`: no RNG state to save."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, micro, rank]).generate_state(1)[0]))
-
-
-@dataclass
-class Plan:
-    order: Order
-    steps_per_epoch: int
-    total_steps: int
 
 
 def _checkpoint_tags(ckpt: Path) -> list[Path]:
