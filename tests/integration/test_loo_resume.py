@@ -82,3 +82,33 @@ def test_selection_from_merged_scores_and_pruned_student(ctx):
     before = select.selection_path(ctx).stat().st_mtime_ns
     driver.run_selection(ctx)
     assert select.selection_path(ctx).stat().st_mtime_ns == before
+
+
+def test_a_task_stopped_mid_way_resumes_after_the_variants_it_finished(ctx, monkeypatch):
+    loo.plan(ctx)
+    calls = []
+    real = loo.evaluate
+
+    def counting(c, units_off, lo, hi):
+        calls.append(tuple(units_off))
+        return real(c, units_off, lo, hi)
+
+    monkeypatch.setattr(loo, "evaluate", counting)
+
+    class Preempted(Exception):
+        pass
+
+    def stop_after_first(n):
+        raise Preempted  # as if the node went away right after the first variant
+
+    with pytest.raises(Preempted):
+        loo.run_task(ctx, 0, progress=stop_after_first)
+    assert calls == [()] and not loo.shards(ctx).is_done(0)
+    assert sorted(p.name for p in loo.partial_dir(ctx, 0).iterdir()) == ["000.npy"]
+
+    calls.clear()
+    loo.run_task(ctx, 0)  # the requeued task
+    assert calls == [("down_blocks.0.motion_modules.0",)]  # only the variant it had not finished
+    assert not loo.partial_dir(ctx, 0).exists()
+    shard, _ = read_h5(loo.shards(ctx).shard(0))
+    np.testing.assert_allclose(shard["scores"][0], real(ctx, [], 0, 2), atol=1e-5)

@@ -285,12 +285,13 @@ def job_name(cfg: Config, stage: int, step: str) -> str:
 
 def sbatch_options(slurm: SlurmConfig, kind: str) -> dict[str, Any]:
     """Resource options of one kind of job, as submitit parameters.
-    kind: array (one GPU task per array element), gpu (one GPU task), cpu (small job), train (nodes x GPUs)."""
-    if kind not in ("array", "gpu", "cpu", "train"):
+    kind: array (one GPU task per array element), cpu_array (the same without a GPU), gpu (one GPU task),
+    cpu (small job), train (nodes x GPUs)."""
+    if kind not in ("array", "cpu_array", "gpu", "cpu", "train"):
         raise ValueError(f"unknown job kind {kind!r}")
     p: dict[str, Any] = {"nodes": 1, "tasks_per_node": 1}
     extra: dict[str, Any] = {}
-    if kind == "cpu":
+    if kind in ("cpu", "cpu_array"):
         partition, p["timeout_min"], p["cpus_per_task"] = slurm.cpu_partition or slurm.partition, slurm.cpu_time, 2
     else:
         partition, p["timeout_min"], p["cpus_per_task"] = slurm.partition, slurm.time, slurm.cpus_per_task
@@ -327,7 +328,7 @@ def make_executor(folder: Path, slurm: SlurmConfig, kind: str, name: str,
                           "#SBATCH line cannot hold; use another run directory")
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=slurm.max_requeues)
     params = sbatch_options(slurm, kind)
-    if kind == "array":  # 0 = no cap (submitit's own default would be %256)
+    if kind in ("array", "cpu_array"):  # 0 = no cap (submitit's own default would be %256)
         params["slurm_array_parallelism"] = slurm.array_parallelism or 1_000_000
     live = live_dependencies(depends_on)
     if live:
@@ -381,6 +382,7 @@ class ArrayStep:
     missing: Callable[[StageContext], list[int]]
     run: Callable[[StageContext, int], Any]
     done: Callable[[StageContext, int], bool]
+    kind: str = "array"  # "cpu_array" for steps that need no GPU (prompt filtering calls an API)
 
 
 def _loo_missing(ctx):
@@ -430,7 +432,7 @@ def _filter_done(ctx, i):
 ARRAY_STEPS: dict[str, ArrayStep] = {
     "loo": ArrayStep(_loo_missing, _loo_run, _loo_done),
     "pairs": ArrayStep(_pairs_missing, _pairs_run, _pairs_done),
-    "filter": ArrayStep(_filter_missing, _filter_run, _filter_done),
+    "filter": ArrayStep(_filter_missing, _filter_run, _filter_done, kind="cpu_array"),
 }
 
 
@@ -588,7 +590,8 @@ def submit_array(ctx: StageContext, step: str, indices: Sequence[int] | None = N
             return []
         folder = log_dir(ctx, step)
         task = ArrayTask(step, str(ctx.run.path), ctx.cfg, ctx.stage, custom)
-        jobs = map_array(folder, task, todo, ctx.cfg.slurm, job_name(ctx.cfg, ctx.stage, step), depends_on)
+        jobs = map_array(folder, task, todo, ctx.cfg.slurm, job_name(ctx.cfg, ctx.stage, step), depends_on,
+                         kind=spec.kind)
         ids: dict[str, dict[str, int]] = {}
         for job, i in zip(jobs, todo):
             ids.setdefault(job.job_id.split("_")[0], {})[job.job_id] = i

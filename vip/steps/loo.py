@@ -7,6 +7,7 @@ builds loo.h5 only when every shard is present and intact.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from vip.config import ConfigError
 from vip.evaluate import evaluate as score_samples
 from vip.rewards.base import ASPECTS
 from vip.steps.context import StageContext
-from vip.store import IncompleteError, ShardSet, atomic_write_json, read_h5, write_h5
+from vip.store import IncompleteError, ShardSet, atomic_path, atomic_write_json, read_h5, write_h5
 
 FULL = "<full>"  # the variant with nothing removed: V(M)
 
@@ -90,9 +91,16 @@ def run_task(ctx: StageContext, index: int, progress=None) -> None:
         raise ConfigError(f"the model at {ctx.model_path()} changed since stage {ctx.stage} was planned; "
                           "its leave-one-out scores would mix two models: start a new run with --run-dir")
     lo, hi = task["samples"]
+    partial = partial_dir(ctx, index)
     scores = []
-    for variant in task["variants"]:
-        scores.append(evaluate(ctx, [] if variant == FULL else [variant], lo, hi))
+    for j, variant in enumerate(task["variants"]):
+        # a task preempted mid-way keeps the variants it finished: a requeued task skips them
+        done = _read_partial(partial / f"{j:03d}.npy", (hi - lo, len(ASPECTS)))
+        if done is None:
+            done = evaluate(ctx, [] if variant == FULL else [variant], lo, hi)
+            with atomic_path(partial / f"{j:03d}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, done)
+        scores.append(done)
         if progress:
             progress(1)
     es = ctx.eval_set
@@ -105,6 +113,22 @@ def run_task(ctx: StageContext, index: int, progress=None) -> None:
             "seeds": np.array(es.seeds[lo:hi]),
         }, {"aspects": json.dumps(ASPECTS), "config_sha256": ctx.cfg.hash(), "model_sha256": ctx.model_sha256,
             "task": index})
+    shutil.rmtree(partial, ignore_errors=True)  # the shard holds it all now
+
+
+def partial_dir(ctx: StageContext, index: int) -> Path:
+    """Per-variant results of a task not yet written as a shard (same plan, so same model)."""
+    return step_dir(ctx) / "partial" / f"task_{index:05d}"
+
+
+def _read_partial(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path)
+    except (OSError, ValueError):
+        return None  # unreadable: recompute
+    return arr if arr.shape == shape else None
 
 
 def merge(ctx: StageContext) -> Path:
