@@ -65,6 +65,17 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: Path) -> dict | None:
+    """A step's JSON record, or None before the step has run."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_current(record: dict | None, cfg: Config) -> bool:
+    """A record counts only if it was made under this run's config."""
+    return bool(record) and record.get("config_sha256") == cfg.hash()
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

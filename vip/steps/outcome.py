@@ -9,7 +9,7 @@ from vip.evaluate import evaluate, mean_scores
 from vip.models.registry import load_video_model
 from vip.steps import target
 from vip.steps.context import StageContext
-from vip.store import IncompleteError, atomic_write_json
+from vip.store import IncompleteError, atomic_write_json, is_current, read_json
 from vip.train.redpo_trainer import final_path
 
 
@@ -45,10 +45,8 @@ def run(ctx: StageContext) -> dict:
 
 
 def load(ctx: StageContext) -> dict | None:
-    p = outcome_path(ctx)
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json(outcome_path(ctx))
 
 
 def is_done(ctx: StageContext) -> bool:
-    o = load(ctx)
-    return bool(o) and o.get("config_sha256") == ctx.cfg.hash()
+    return is_current(load(ctx), ctx.cfg)

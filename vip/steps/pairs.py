@@ -23,7 +23,7 @@ from vip.rewards.base import ASPECTS, as_matrix
 from vip.steps import filter as prompt_filter
 from vip.steps import target
 from vip.steps.context import StageContext
-from vip.store import IncompleteError, ShardSet, atomic_write_json, read_h5, sha256_file, write_h5
+from vip.store import IncompleteError, ShardSet, atomic_write_json, is_current, read_h5, read_json, sha256_file, write_h5
 
 
 def step_dir(ctx: StageContext) -> Path:
@@ -188,13 +188,11 @@ def curate(ctx: StageContext) -> dict:
 
 
 def load(ctx: StageContext) -> dict | None:
-    p = report_path(ctx)
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json(report_path(ctx))
 
 
 def is_done(ctx: StageContext) -> bool:
-    r = load(ctx)
-    if not (r and r.get("config_sha256") == ctx.cfg.hash() and pairs_path(ctx).is_file()):
+    if not (is_current(load(ctx), ctx.cfg) and pairs_path(ctx).is_file()):
         return False
     try:
         read_h5(pairs_path(ctx))

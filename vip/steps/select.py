@@ -4,7 +4,6 @@ consistency, so that a unit whose removal inflates dynamic degree while breaking
 consistency is not chosen."""
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from vip.plots import selection_chart
 from vip.rewards.base import ASPECTS
 from vip.steps.context import StageContext
 from vip.steps.loo import FULL, merged_path
-from vip.store import IncompleteError, atomic_write_json, read_h5
+from vip.store import IncompleteError, atomic_write_json, is_current, read_h5, read_json
 
 TC = "temporal_consistency"
 
@@ -103,10 +102,8 @@ def run(ctx: StageContext) -> Selection:
 
 
 def load(ctx: StageContext) -> dict | None:
-    p = selection_path(ctx)
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json(selection_path(ctx))
 
 
 def is_done(ctx: StageContext) -> bool:
-    s = load(ctx)
-    return bool(s) and s.get("config_sha256") == ctx.cfg.hash() and pruned_path(ctx).is_dir()
+    return is_current(load(ctx), ctx.cfg) and pruned_path(ctx).is_dir()

@@ -13,7 +13,7 @@ from vip.evaluate import evaluate, mean_scores
 from vip.rewards.base import ASPECTS
 from vip.steps import loo
 from vip.steps.context import StageContext
-from vip.store import atomic_write_json, read_h5, write_h5
+from vip.store import atomic_write_json, is_current, read_h5, read_json, write_h5
 
 
 def target_path(ctx: StageContext) -> Path:
@@ -62,10 +62,8 @@ def run(ctx: StageContext) -> dict:
 
 
 def load(ctx: StageContext) -> dict | None:
-    p = target_path(ctx)
-    return json.loads(p.read_text()) if p.is_file() else None
+    return read_json(target_path(ctx))
 
 
 def is_done(ctx: StageContext) -> bool:
-    t = load(ctx)
-    return bool(t) and t.get("config_sha256") == ctx.cfg.hash()
+    return is_current(load(ctx), ctx.cfg)
