@@ -194,7 +194,9 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
     pair_text = torch.tensor([row[p] for p in pairs.prompts])
 
     # buffers too (the motion modules' positional tables): DeepSpeed's bf16 mode casts only parameters
-    policy = student.trainable_module().to(dev, frozen_dtype).train().requires_grad_(True)
+    policy = student.trainable_module().to(dev).train().requires_grad_(True)
+    if frozen_dtype != torch.float32:  # (diffusers warns on a .to(float32) that changes nothing)
+        policy.to(frozen_dtype)
     optim = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, tc.warmup_steps, total, tc.lr, tc.min_lr))
     engine, optim, _, sched = deepspeed.initialize(
