@@ -6,7 +6,7 @@ import json
 from vip.rewards.base import ASPECTS
 from vip.steps import filter as prompt_filter
 from vip.steps import loo, pairs
-from vip.store import RunDir, ShardSet
+from vip.store import RunDir, ShardSet, read_json
 from vip.train.metrics import read_metrics
 
 SHORT = {"visual_quality": "VQ", "temporal_consistency": "TC", "dynamic_degree": "DD", "text_alignment": "TA"}
@@ -16,39 +16,23 @@ def stage_status(run: RunDir, stage: int) -> list[tuple[str, str, str]]:
     """Rows of (step, state, detail)."""
     d = run.stage(stage)
     rows = []
-    planned = loo.read_plan(d)
-    if planned is not None:
-        n = len(planned["tasks"])
-        missing = ShardSet(d / "loo").missing(range(n))
-        state = "done" if not missing else ("missing" if len(missing) == n else "partial")
-        detail = f"{n - len(missing)}/{n} tasks" + (f"; missing {missing[:8]}" if missing else "")
-        rows.append(("loo", state, detail))
-    else:
-        rows.append(("loo", "not started", ""))
+    rows.append(_tasks_row("loo", d / "loo", loo.read_plan(d)))
     rows.append(("merge", "done" if (d / "loo.h5").is_file() else "missing", str(d / "loo.h5")))
-    sel = d / "selection.json"
-    if sel.is_file():
-        s = json.loads(sel.read_text())
-        rows.append(("select", "done", f"chosen {', '.join(s['chosen'])}"))
-    else:
-        rows.append(("select", "missing", ""))
+    sel = read_json(d / "selection.json")
+    rows.append(("select", "done", f"chosen {', '.join(sel['chosen'])}") if sel else ("select", "missing", ""))
     rows.append(_filter_row(run))
-    tgt = _json(d / "target.json")
+    tgt = read_json(d / "target.json")
     rows.append(("target", "done", f"{', '.join(tgt['targets'])} (drop "
                  + ", ".join(f"{SHORT[a]} {tgt['drop'][a]:+.3f}" for a in ASPECTS) + ")") if tgt else ("target", "missing", ""))
     rows.append(_tasks_row("pairs", d / "pairs", pairs.read_plan(d)))
-    cur = _json(d / "curation.json")
+    cur = read_json(d / "curation.json")
     rows.append(("curate", "done", f"kept {cur['kept']} of {cur['candidates']} pairs -> {d / 'pairs.h5'}")
                 if cur else ("curate", "missing", ""))
     rows.append(_train_row(d / "train"))
-    out = _json(d / "outcome.json")
+    out = read_json(d / "outcome.json")
     rows.append(("outcome", "done", f"ReDPO total {out['redpo']['total']:.3f} (pruned {out['pruned']['total']:.3f}, "
                  f"full {out['full']['total']:.3f})") if out else ("outcome", "missing", ""))
     return rows
-
-
-def _json(path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _tasks_row(step: str, directory, planned: dict | None) -> tuple[str, str, str]:
@@ -70,7 +54,7 @@ def _filter_row(run: RunDir) -> tuple[str, str, str]:
 
 
 def _train_row(directory) -> tuple[str, str, str]:
-    done = _json(directory / "done.json")
+    done = read_json(directory / "done.json")
     if done and done.get("skipped"):
         return ("train", "done", f"skipped: {done['skipped']} -> {directory / 'final'} (the pruned student)")
     if done:

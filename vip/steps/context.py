@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vip.config import Config, ConfigError
+from vip.evaluate import evaluate
 from vip.models.base import VideoModel
 from vip.models.registry import base_model_path, load_video_model
 from vip.prompts.sets import EvalSet, eval_set
@@ -92,6 +94,11 @@ class StageContext:
     def reward(self) -> RewardModel:
         with self.timed("load"):
             return load_reward(self.cfg.reward)
+
+    def score_eval_set(self, model: VideoModel) -> np.ndarray:
+        """Scores [samples, aspects] of `model` on this run's fixed evaluation prompts and seeds."""
+        es = self.eval_set
+        return evaluate(model, self.reward, es.prompts, es.seeds, self.cfg.loo.batch_size, timed=self.timed)
 
     @cached_property
     def eval_set(self) -> EvalSet:

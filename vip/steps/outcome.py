@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vip.evaluate import evaluate, mean_scores
+from vip.evaluate import mean_scores
 from vip.models.registry import load_video_model
 from vip.steps import target
 from vip.steps.context import StageContext
@@ -29,9 +29,7 @@ def run(ctx: StageContext) -> dict:
     if done.get("skipped"):  # the untrained pruned student: its scores are the target step's
         redpo = dict(tgt["pruned"])
     else:
-        es = ctx.eval_set
-        redpo = mean_scores(evaluate(trained, ctx.reward, es.prompts, es.seeds, ctx.cfg.loo.batch_size,
-                                     timed=ctx.timed))
+        redpo = mean_scores(ctx.score_eval_set(trained))
     record = {
         "stage": ctx.stage, "targets": tgt["targets"],
         "full": tgt["teacher"], "pruned": tgt["pruned"], "redpo": redpo,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from vip.curation import choose_targets
-from vip.evaluate import evaluate, mean_scores
+from vip.evaluate import mean_scores
 from vip.rewards.base import ASPECTS
 from vip.steps import loo
 from vip.steps.context import StageContext
@@ -38,24 +38,21 @@ def teacher_eval_scores(ctx: StageContext) -> np.ndarray:
         if attrs.get("model_sha256") == ctx.teacher_sha256:  # stage 1's M is M0
             scores = arrays["scores"][[str(v) for v in arrays["variants"]].index(loo.FULL)]
     if scores is None:
-        es = ctx.eval_set
-        scores = evaluate(ctx.teacher, ctx.reward, es.prompts, es.seeds, ctx.cfg.loo.batch_size, timed=ctx.timed)
+        scores = ctx.score_eval_set(ctx.teacher)
     write_h5(path, {"scores": scores}, {"config_sha256": ctx.cfg.hash(), "teacher_sha256": ctx.teacher_sha256,
                                         "aspects": json.dumps(ASPECTS)})
     return scores
 
 
 def run(ctx: StageContext) -> dict:
-    es = ctx.eval_set
     teacher = mean_scores(teacher_eval_scores(ctx))
-    student_scores = evaluate(ctx.student, ctx.reward, es.prompts, es.seeds, ctx.cfg.loo.batch_size, timed=ctx.timed)
-    student = mean_scores(student_scores)
+    student = mean_scores(ctx.score_eval_set(ctx.student))
     drop = {a: teacher[a] - student[a] for a in ASPECTS}
     record = {
         "targets": choose_targets(drop, ctx.cfg.curate.target_threshold),
         "threshold": ctx.cfg.curate.target_threshold,
         "teacher": teacher, "pruned": student, "drop": drop,
-        "samples": len(es.prompts), "config_sha256": ctx.cfg.hash(),
+        "samples": len(ctx.eval_set.prompts), "config_sha256": ctx.cfg.hash(),
     }
     atomic_write_json(target_path(ctx), record)
     return record
