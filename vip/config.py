@@ -35,12 +35,22 @@ class ModelConfig:
     steps: int = 10  # sampler steps (toyvid: 10 DDIM steps score as well as 20, docs/teacher)
     guidance: float = 1.0  # classifier-free guidance scale (1.0 = off)
     device: str = "cpu"
+    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
+    adapter: str = ""  # AnimateDiff: a MotionAdapter directory or a .safetensors file (Lightning)
+    frames: int = 0  # 0 = the backbone's default
+    height: int = 0  # pixels; 0 = the backbone's default
+    width: int = 0
+    fps: int = 0  # frame-rate conditioning (VideoCrafter2); 0 = the backbone's default
 
 
 @dataclass
 class RewardConfig:
     name: str = "toyvid_score"
-    path: str = ""
+    path: str = ""  # a local checkpoint directory in the reward's published format
+    frames: int = 0  # frames sampled per clip; 0 = the reward's published count
+    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
+    device: str = ""  # "" = model.device
+    batch_size: int = 4  # clips per scoring forward
 
 
 @dataclass
@@ -94,6 +104,7 @@ class CurateConfig:
 class TrainConfig:
     """ReDPO training of the pruned student (main paper Sec. 3; Diffusion-DPO, Wallace et al.)."""
 
+    loss: str = "redpo"  # redpo (DPO + w_sft * SFT) | sft (distillation only: the paper's SFT baseline) | dpo
     beta: float = 5000.0  # Diffusion-DPO's beta (not published for V.I.P.)
     w_sft: float = 1.0e6  # weight of the SFT (distillation) term; the paper's VideoCrafter2 value
     reference: str = "teacher"  # DPO reference: teacher (frozen full M0) | student (frozen initial student)
@@ -177,14 +188,16 @@ _POSITIVE = {"loo.units_per_task", "loo.batch_size", "select.k", "model.steps", 
              "filter.prompts_per_task", "filter.concurrency", "filter.timeout_s", "curate.seeds_per_prompt",
              "curate.samples_per_task", "curate.batch_size", "train.epochs", "train.batch_size", "train.grad_accum",
              "train.lr", "train.beta", "train.keep_checkpoints", "train.nprocs",
-             "slurm.time", "slurm.cpu_time", "slurm.cpus_per_task", "slurm.nodes"}
-_NON_NEGATIVE = {"prompts.eval_count", "loo.prompts_per_task", "runtime.threads", "filter.max_retries",
+             "reward.batch_size", "slurm.time", "slurm.cpu_time", "slurm.cpus_per_task", "slurm.nodes"}
+_NON_NEGATIVE = {"model.frames", "model.height", "model.width", "model.fps", "reward.frames", "prompts.eval_count", "loo.prompts_per_task", "runtime.threads", "filter.max_retries",
                  "curate.target_threshold", "curate.max_prompts", "curate.alpha", "train.w_sft", "train.min_lr",
                  "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.checkpoint_every",
                  "slurm.mem_gb", "slurm.gpus_per_node", "slurm.array_gpus", "slurm.array_parallelism",
                  "slurm.max_requeues", "slurm.signal_delay_s"}
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
 _CHOICES = {"filter.backend": ("toyvid", "gemini"), "train.reference": ("teacher", "student"),
-            "train.sft_target": ("teacher", "noise")}
+            "train.sft_target": ("teacher", "noise"), "train.loss": ("redpo", "sft", "dpo"),
+            "model.dtype": _DTYPES, "reward.dtype": _DTYPES}
 
 
 def _coerce(key: str, value, kind):

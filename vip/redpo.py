@@ -25,6 +25,9 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
+LOSS_KINDS = ("redpo", "sft", "dpo")
+
+
 @dataclass
 class ReDPOLoss:
     loss: torch.Tensor  # dpo + w_sft * sft, scalar, differentiable
@@ -35,10 +38,16 @@ class ReDPOLoss:
 
 def redpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
                target_w: torch.Tensor, target_l: torch.Tensor, sft_target_w: torch.Tensor,
-               beta: float, w_sft: float) -> ReDPOLoss:
+               beta: float, w_sft: float, kind: str = "redpo") -> ReDPOLoss:
     """All inputs [B, ...]: policy/reference predictions and the diffusion targets (epsilon or v)
     for the noised winner (w) and loser (l); `sft_target_w` is what the policy's winner
-    prediction is distilled towards. ref_* and sft_target_w carry no gradient."""
+    prediction is distilled towards. ref_* and sft_target_w carry no gradient.
+
+    `kind` picks what is optimised: redpo (dpo + w_sft * sft), sft (w_sft * sft: the paper's
+    SFT baseline, identical to ReDPO minus the DPO term) or dpo. Every term is still
+    computed and logged, so the arms are compared on the same metrics."""
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"loss kind must be one of {', '.join(LOSS_KINDS)}, got {kind!r}")
     mse_w, mse_l = per_sample_mse(policy_w, target_w), per_sample_mse(policy_l, target_l)
     with torch.no_grad():
         ref_mse_w, ref_mse_l = per_sample_mse(ref_w, target_w), per_sample_mse(ref_l, target_l)
@@ -48,7 +57,7 @@ def redpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tens
     margin = chosen - rejected
     dpo = -F.logsigmoid(margin).mean()
     sft = per_sample_mse(policy_w, sft_target_w.detach()).mean()
-    loss = dpo + w_sft * sft
+    loss = {"redpo": dpo + w_sft * sft, "sft": w_sft * sft, "dpo": dpo}[kind]
     metrics = {
         "loss": loss.item(), "dpo": dpo.item(), "sft": sft.item(),
         "rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
@@ -74,7 +83,7 @@ Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (noised [B,...
 
 def pair_loss(policy: Predict, teacher: Predict, scheduler, x_w: torch.Tensor, x_l: torch.Tensor,
               noise: torch.Tensor, t: torch.Tensor, beta: float, w_sft: float,
-              reference: Predict | None = None, sft_target: str = "teacher") -> ReDPOLoss:
+              reference: Predict | None = None, sft_target: str = "teacher", kind: str = "redpo") -> ReDPOLoss:
     """ReDPO on a batch of pairs of clean latents x_w (preferred) and x_l (unpreferred).
 
     Winner and loser share `noise` and `t`. The policy runs once on the stacked batch. The
@@ -96,4 +105,4 @@ def pair_loss(policy: Predict, teacher: Predict, scheduler, x_w: torch.Tensor, x
             ref = reference(x, tt)
             teacher_w = teacher(x[:b], t) if sft_target == "teacher" else None
         sft_w = teacher_w if sft_target == "teacher" else target[:b]
-    return redpo_loss(pred[:b], pred[b:], ref[:b], ref[b:], target[:b], target[b:], sft_w, beta, w_sft)
+    return redpo_loss(pred[:b], pred[b:], ref[:b], ref[b:], target[:b], target[b:], sft_w, beta, w_sft, kind)

@@ -108,3 +108,16 @@ def test_teacher_prediction_serves_both_reference_and_sft_target():
     out = pair_loss(lambda x_, t_: torch.zeros_like(x_), teacher, sched, x, x, torch.randn(3, 2, 4),
                     torch.tensor([1, 2, 3]), beta=1.0, w_sft=1.0, sft_target="teacher")
     assert out.sft.item() == pytest.approx(0.25)  # (0 - 0.5)^2
+
+
+def test_loss_kinds_optimise_their_own_terms_and_log_all():
+    g = torch.Generator().manual_seed(3)
+    pw, pl, rw, rl, tw, tl, st_ = (torch.randn(2, 8, generator=g) for _ in range(7))
+    full = redpo_loss(pw, pl, rw, rl, tw, tl, st_, beta=50.0, w_sft=7.0, kind="redpo")
+    sft = redpo_loss(pw, pl, rw, rl, tw, tl, st_, beta=50.0, w_sft=7.0, kind="sft")
+    dpo = redpo_loss(pw, pl, rw, rl, tw, tl, st_, beta=50.0, w_sft=7.0, kind="dpo")
+    assert sft.loss.item() == pytest.approx(7.0 * full.sft.item())
+    assert dpo.loss.item() == pytest.approx(full.dpo.item())
+    assert sft.metrics["dpo"] == pytest.approx(full.metrics["dpo"])  # still logged, not optimised
+    with pytest.raises(ValueError, match="loss kind"):
+        redpo_loss(pw, pl, rw, rl, tw, tl, st_, beta=1.0, w_sft=1.0, kind="ppo")

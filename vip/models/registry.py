@@ -1,6 +1,10 @@
-"""Backbone families by name; each loads from a local directory in its published format."""
+"""Backbone families by name; each loads from a local directory in its published format.
+
+A family lives in its own module and is imported only when a config names it, so the
+embedded default never imports (or needs) another family's dependencies."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from vip.config import ConfigError, ModelConfig
@@ -8,16 +12,12 @@ from vip.models.base import VideoModel
 
 SHIPPED_TEACHER = Path(__file__).resolve().parents[1] / "toyvid" / "weights" / "teacher"
 
-
-def _load_toyvid(path: Path, cfg: ModelConfig) -> VideoModel:
-    from vip.models.motion_unet import MotionUNetModel
-
-    model = MotionUNetModel.load(path, device=cfg.device)
-    model.meta.update(steps=cfg.steps, guidance=cfg.guidance)
-    return model
+# name -> "module:function"; the function is load(path: Path, cfg: ModelConfig) -> VideoModel
+BACKBONES = {"toyvid": "vip.models.toyvid:load"}
 
 
-BACKBONES = {"toyvid": _load_toyvid}
+def register(name: str, target: str) -> None:
+    BACKBONES[name] = target
 
 
 def check_backbone(name: str) -> None:
@@ -37,4 +37,5 @@ def load_video_model(cfg: ModelConfig, path: Path) -> VideoModel:
     check_backbone(cfg.backbone)
     if not Path(path).is_dir():
         raise ConfigError(f"model directory {str(path)!r} does not exist")
-    return BACKBONES[cfg.backbone](Path(path), cfg)
+    module, func = BACKBONES[cfg.backbone].split(":")
+    return getattr(importlib.import_module(module), func)(Path(path), cfg)

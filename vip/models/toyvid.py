@@ -36,3 +36,10 @@ def build_untrained(steps: int = 20, guidance: float = 1.0) -> MotionUNetModel:
             "space_to_depth": 2, "steps": steps, "guidance": guidance}
     return MotionUNetModel(build_unet(), build_text_encoder(hidden=TEXT_DIM), build_tokenizer(),
                            build_scheduler(), SpaceToDepth(2), meta)
+
+
+def load(path, cfg) -> MotionUNetModel:
+    """Registry entry: the shipped teacher or a toyvid model saved by a stage."""
+    model = MotionUNetModel.load(path, device=cfg.device)
+    model.meta.update(steps=cfg.steps, guidance=cfg.guidance)
+    return model

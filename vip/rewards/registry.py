@@ -1,17 +1,13 @@
-"""Reward models by name."""
+"""Reward models by name, each in its own module, imported only when a config names it."""
 from __future__ import annotations
+
+import importlib
 
 from vip.config import ConfigError, RewardConfig
 from vip.rewards.base import RewardModel
 
-
-def _toyvid_score(cfg: RewardConfig) -> RewardModel:
-    from vip.rewards.toyvid_score import ToyvidScore
-
-    return ToyvidScore()
-
-
-REWARDS = {"toyvid_score": _toyvid_score}
+# name -> "module:function"; the function is load(cfg: RewardConfig) -> RewardModel
+REWARDS = {"toyvid_score": "vip.rewards.toyvid_score:load"}
 
 
 def check_reward(name: str) -> None:
@@ -21,4 +17,5 @@ def check_reward(name: str) -> None:
 
 def load_reward(cfg: RewardConfig) -> RewardModel:
     check_reward(cfg.name)
-    return REWARDS[cfg.name](cfg)
+    module, func = REWARDS[cfg.name].split(":")
+    return getattr(importlib.import_module(module), func)(cfg)

@@ -281,3 +281,8 @@ class ToyvidScore(RewardModel):
         ta = (m_colour + m_shape + m_bg + m_motion) / 4
 
         return {"visual_quality": vq, "temporal_consistency": tc, "dynamic_degree": dd, "text_alignment": ta}
+
+
+def load(cfg) -> ToyvidScore:
+    """Registry entry (the rule-based reward has no weights)."""
+    return ToyvidScore()

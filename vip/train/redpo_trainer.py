@@ -235,7 +235,7 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
                 reference=None if reference is None else
                 (lambda x, t_: teacher.predict(x.to(frozen_dtype), t_, rep(tt, x), denoiser=reference).float()),
                 scheduler=scheduler, x_w=x_w, x_l=x_l, noise=noise, t=t,
-                beta=tc.beta, w_sft=tc.w_sft, sft_target=tc.sft_target)
+                beta=tc.beta, w_sft=tc.w_sft, sft_target=tc.sft_target, kind=tc.loss)
             engine.backward(res.loss)
             engine.step()
             for k, v in res.metrics.items():
