@@ -13,7 +13,13 @@ from vip.models.base import VideoModel
 SHIPPED_TEACHER = Path(__file__).resolve().parents[1] / "toyvid" / "weights" / "teacher"
 
 # name -> "module:function"; the function is load(path: Path, cfg: ModelConfig) -> VideoModel
-BACKBONES = {"toyvid": "vip.models.toyvid:load"}
+BACKBONES = {
+    "toyvid": "vip.models.toyvid:load",
+    "animatediff": "vip.models.animatediff:load",
+    "animatediff_lightning": "vip.models.animatediff:load_lightning",
+    "videocrafter2": "vip.models.videocrafter2:load",
+    "wan2.1": "vip.models.wan:load",
+}
 
 
 def register(name: str, target: str) -> None:

@@ -7,7 +7,11 @@ from vip.config import ConfigError, RewardConfig
 from vip.rewards.base import RewardModel
 
 # name -> "module:function"; the function is load(cfg: RewardConfig) -> RewardModel
-REWARDS = {"toyvid_score": "vip.rewards.toyvid_score:load"}
+REWARDS = {
+    "toyvid_score": "vip.rewards.toyvid_score:load",
+    "videoscore": "vip.rewards.videoscore:load",
+    "videoreward": "vip.rewards.videoreward:load",
+}
 
 
 def check_reward(name: str) -> None:
