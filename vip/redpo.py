@@ -68,14 +68,42 @@ def redpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tens
     return ReDPOLoss(loss, dpo, sft, metrics)
 
 
+def prediction_type(scheduler) -> str:
+    """epsilon, v_prediction or flow_prediction (velocity of a rectified flow). Flow-matching
+    schedulers (FlowMatchEulerDiscreteScheduler) carry no prediction_type: they are all flow."""
+    if type(scheduler).__name__.startswith("FlowMatch"):
+        return "flow_prediction"
+    return scheduler.config.prediction_type
+
+
+def flow_sigma(scheduler, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Noise level of integer timestep t in a flow-matching model: sigma = t / T, the same map
+    its samplers use (they feed the denoiser timestep = sigma * T), broadcastable to [B, ...]."""
+    sigma = t.float() / scheduler.config.num_train_timesteps
+    return sigma.reshape(-1, *([1] * (ndim - 1)))
+
+
+def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t at integer timesteps t [B]: the scheduler's own forward process for epsilon / v models;
+    x_t = (1 - sigma) x0 + sigma * noise for flow-matching ones."""
+    if prediction_type(scheduler) == "flow_prediction":
+        sigma = flow_sigma(scheduler, t, x0.ndim).to(x0.device)
+        return ((1 - sigma) * x0.float() + sigma * noise.float()).to(x0.dtype)
+    return scheduler.add_noise(x0, noise, t)
+
+
 def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the denoiser is trained to output: epsilon, or v for v-prediction schedulers."""
-    kind = scheduler.config.prediction_type
+    """What the denoiser is trained to output: epsilon, v for v-prediction schedulers, or the
+    flow velocity d x_t / d sigma = noise - x0 for flow-matching ones."""
+    kind = prediction_type(scheduler)
     if kind == "epsilon":
         return noise
     if kind == "v_prediction":
         return scheduler.get_velocity(x0, noise, t)
-    raise ValueError(f"scheduler prediction_type {kind!r} is not supported (expected epsilon or v_prediction)")
+    if kind == "flow_prediction":
+        return noise - x0
+    raise ValueError(f"scheduler prediction_type {kind!r} is not supported "
+                     "(expected epsilon, v_prediction or flow_prediction)")
 
 
 Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (noised [B,...], t [B]) -> prediction
@@ -92,7 +120,7 @@ def pair_loss(policy: Predict, teacher: Predict, scheduler, x_w: torch.Tensor, x
     """
     if sft_target not in ("teacher", "noise"):
         raise ValueError(f"sft_target must be 'teacher' or 'noise', got {sft_target!r}")
-    x = torch.cat([scheduler.add_noise(x_w, noise, t), scheduler.add_noise(x_l, noise, t)])
+    x = torch.cat([add_noise(scheduler, x_w, noise, t), add_noise(scheduler, x_l, noise, t)])
     tt = torch.cat([t, t])
     target = torch.cat([diffusion_target(scheduler, x_w, noise, t), diffusion_target(scheduler, x_l, noise, t)])
     pred = policy(x, tt)

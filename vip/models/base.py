@@ -74,7 +74,28 @@ class VideoModel(ABC):
         known = set(self.units())
         bad = [u for u in units if u not in known]
         if bad:
+            from vip.models.units import family_of_unit
+
+            family = family_of_unit(bad[0])
+            mine = family_of_unit(next(iter(known), ""))
+            other = f" ({family}: a unit list from another backbone?)" if family and family != mine else ""
             raise UnknownUnitError(
-                f"unknown unit {bad[0]!r}; this {self.backbone} model has {len(known)} units, "
+                f"unknown unit {bad[0]!r}{other}; this {self.backbone} model has {len(known)} units, "
                 f"e.g. {sorted(known)[:3]}"
             )
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: str, key: str = "model.dtype") -> torch.dtype:
+    """auto = bfloat16 on CUDA, float32 elsewhere; float16 on a CPU is refused (it cannot run
+    convolutions and attention there)."""
+    if name == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"config key {key!r} must be one of auto, {', '.join(DTYPES)}; got {name!r}")
+    if name == "float16" and not str(device).startswith("cuda"):
+        raise ConfigError(f"config key {key!r}: float16 is a dtype the device {device!r} cannot run; "
+                          "use float32 or bfloat16 on CPU (or auto)")
+    return DTYPES[name]

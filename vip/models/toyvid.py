@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from diffusers import DDIMScheduler, UNetMotionModel
 
+from vip.models.base import resolve_dtype
 from vip.models.codec import SpaceToDepth
 from vip.models.motion_unet import MotionUNetModel
 from vip.toyvid import world
@@ -40,6 +41,7 @@ def build_untrained(steps: int = 20, guidance: float = 1.0) -> MotionUNetModel:
 
 def load(path, cfg) -> MotionUNetModel:
     """Registry entry: the shipped teacher or a toyvid model saved by a stage."""
-    model = MotionUNetModel.load(path, device=cfg.device)
+    dtype = resolve_dtype(cfg.dtype, cfg.device) if cfg.dtype != "auto" else None  # auto: as saved (float32)
+    model = MotionUNetModel.load(path, device=cfg.device, dtype=dtype, backbone="toyvid")
     model.meta.update(steps=cfg.steps, guidance=cfg.guidance)
     return model

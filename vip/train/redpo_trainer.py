@@ -179,9 +179,9 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
     student, teacher = ctx.student, ctx.teacher
     dev = torch.device(device if not device.startswith("cuda") else f"cuda:{env.local_rank}")
     frozen_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    teacher.unet.to(dev).eval().requires_grad_(False)
+    teacher.trainable_module().to(dev).eval().requires_grad_(False)
     if frozen_dtype != torch.float32:
-        teacher.unet.to(frozen_dtype)
+        teacher.trainable_module().to(frozen_dtype)
     reference = None
     if tc.reference == "student":  # a frozen copy of the student as it was before training
         reference = copy.deepcopy(student.trainable_module()).to(dev).eval().requires_grad_(False)
