@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -93,7 +93,8 @@ class StageContext:
     @cached_property
     def reward(self) -> RewardModel:
         with self.timed("load"):
-            return load_reward(self.cfg.reward)
+            # reward.device "" = the generator's device (a VLM reward shares the GPU with it)
+            return load_reward(replace(self.cfg.reward, device=self.cfg.reward.device or self.cfg.model.device))
 
     def score_eval_set(self, model: VideoModel) -> np.ndarray:
         """Scores [samples, aspects] of `model` on this run's fixed evaluation prompts and seeds."""
