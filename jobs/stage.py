@@ -1,7 +1,7 @@
 """Run (or report on) one V.I.P. stage.
 
     python jobs/stage.py --stage 1 [--until 2] --config configs/toyvid.yaml [--run-dir DIR] [--status] [key=value ...]
-    python jobs/stage.py --stage 1 --until 2 --executor slurm --partition gpu [--wait] [--dry-run]
+    python jobs/stage.py --stage 1 --until 2 --executor slurm --partition gpu [--wait] [--dry-run] [--packed]
 
 A stage: leave-one-out -> select -> prompt filter (once per run) -> target -> pairs -> curate
 -> ReDPO training -> outcome. Stage N+1 starts from stage N's trained student.
@@ -12,6 +12,8 @@ dependencies; the stages after the first are submitted by small continuation job
 watch. --wait follows the jobs in the foreground until the last stage's outcome exists or a job
 fails. Calling it again never duplicates a pending or running job: after a failure or a preemption
 it submits only what is missing. --dry-run prints the job scripts it would submit, and writes nothing.
+--packed (slurm.packed=true) submits each fanned-out step (leave-one-out, pairs, prompt filter) as
+one job of slurm.packed_ranks ranks that share out its tasks, instead of a job array.
 """
 import argparse
 import sys
@@ -96,10 +98,13 @@ def main() -> None:
     ap.add_argument("--wait", action="store_true", help="slurm: follow the jobs until the stages are done or one fails")
     ap.add_argument("--dry-run", action="store_true", help="slurm: print the job scripts it would submit; submit and "
                                                            "write nothing")
+    ap.add_argument("--packed", action="store_true", help="slurm: one job of slurm.packed_ranks ranks per fanned-out "
+                                                          "step instead of an array (slurm.packed=true)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = ap.parse_intermixed_args()
     overrides = list(args.overrides) + ([f"runtime.executor={args.executor}"] if args.executor else []) \
-        + ([f"slurm.partition={args.partition}"] if args.partition is not None else [])
+        + ([f"slurm.partition={args.partition}"] if args.partition is not None else []) \
+        + (["slurm.packed=true"] if args.packed else [])
 
     with fail_cleanly():
         cfg = vip_config.load(args.config, overrides)
@@ -118,7 +123,7 @@ def main() -> None:
             if code:
                 sys.exit(code)
             return
-        for flag in ("wait", "dry_run"):
+        for flag in ("wait", "dry_run", "packed"):
             if getattr(args, flag):
                 raise vip_config.ConfigError(f"--{flag.replace('_', '-')} is for the Slurm executor "
                                              "(--executor slurm or runtime.executor=slurm)")

@@ -6,6 +6,11 @@
     python jobs/step.py pairs   --config C --run-dir R --stage N [--task I]
     python jobs/step.py curate  --config C --run-dir R --stage N
     python jobs/step.py outcome --config C --run-dir R --stage N
+    srun python jobs/step.py loo --packed --run-dir R --stage N     # packed mode: every rank, its share
+    mpirun -n 4 python jobs/step.py pairs --packed --run-dir R --stage N   # the same without srun
+
+--packed (loo, pairs, filter) runs on every rank of one job: rank r of R (from srun, mpirun or torchrun)
+runs tasks r, r+R, r+2R, ... of the plan, skipping those already done (sbatch/packed.sbatch).
 
 Prompt filtering is jobs/filter_prompts.py and training jobs/train_redpo.py. Every step checks its
 inputs first and stops with one line naming what is missing (exit 2); a step already done says so
@@ -23,11 +28,13 @@ from vip.cli import fail_cleanly  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("loo", "select", "target", "pairs", "curate", "outcome"))
+    ap.add_argument("step", choices=("loo", "select", "target", "pairs", "curate", "outcome", "filter"))
     ap.add_argument("--config", help="config file (default: <run-dir>/config.yaml)")
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--stage", type=int, required=True)
     ap.add_argument("--task", type=int, help="loo / pairs: run only this task (0-based), e.g. $SLURM_ARRAY_TASK_ID")
+    ap.add_argument("--packed", action="store_true", help="loo / pairs / filter: this process is one rank of a "
+                                                          "packed job (srun, mpirun) and runs its share of the tasks")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = ap.parse_intermixed_args()
 
@@ -45,7 +52,41 @@ def main() -> None:
         if args.stage < 1:
             raise vip_config.ConfigError(f"--stage must be 1 or more, got {args.stage}")
         run.freeze(cfg)  # refuses a config other than the run's
+        if args.packed:
+            run_packed(args.step, run, cfg, args.stage, args.task)
+            return
+        if args.step == "filter":
+            raise vip_config.ConfigError("the prompt filter runs with jobs/filter_prompts.py (jobs/step.py filter only "
+                                         "with --packed)")
         print(run_step(args.step, StageContext(run, cfg, args.stage), args.task), flush=True)
+
+
+def run_packed(step: str, run, cfg, stage: int, task) -> None:
+    from vip.orchestrate import packed
+    from vip.orchestrate.steprun import check_pair_inputs
+    from vip.steps import loo, pairs
+    from vip.steps import filter as prompt_filter
+    from vip.steps.context import StageContext
+    from vip.train.dist import discover
+
+    if step not in ("loo", "pairs", "filter"):
+        raise vip_config.ConfigError(f"--packed is for the fanned-out steps loo, pairs and filter, not {step}")
+    if task is not None:
+        raise vip_config.ConfigError("--packed shares out every task of the step; leave out --task")
+    ctx = StageContext(run, cfg, 0 if step == "filter" else stage)  # the prompt filter is run-wide
+    done = {"loo": lambda: loo.is_done(ctx), "pairs": lambda: pairs.is_done(ctx),
+            "filter": lambda: prompt_filter.is_done(run, cfg)}[step]
+    if done():
+        print(f"{step}: already merged", flush=True)
+        return
+    if step == "pairs":
+        check_pair_inputs(ctx)
+    env = discover()
+    packed.use_own_gpu(env.local_rank)
+    records = packed.run_rank(ctx, step, env.rank, env.world_size)
+    ran = [r["task"] for r in records if not r["skipped"]]
+    print(f"{step}: rank {env.rank} of {env.world_size} ({env.launcher}) ran tasks {ran}, "
+          f"{len(records) - len(ran)} already done", flush=True)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,10 @@ class SlurmConfig:
     array_parallelism: int = 0  # at most N array tasks at once (%N); 0 = no cap
     max_requeues: int = 3  # a task requeued (preemption, time limit) more often than this fails
     signal_delay_s: int = 120  # the preemption/time-limit signal comes this long before the kill
+    # Packed mode, for clusters that cap jobs per user or array sizes: each fanned-out step (loo, pairs,
+    # filter) is one job of packed_ranks ranks (one GPU each, or CPU ranks) that share out its tasks.
+    packed: bool = False
+    packed_ranks: int = 0  # ranks of a packed job; 0 = nodes x max(1, gpus_per_node); never more than its tasks
 
 
 @dataclass
@@ -193,7 +197,7 @@ _NON_NEGATIVE = {"model.frames", "model.height", "model.width", "model.fps", "re
                  "curate.target_threshold", "curate.max_prompts", "curate.alpha", "train.w_sft", "train.min_lr",
                  "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.checkpoint_every",
                  "slurm.mem_gb", "slurm.gpus_per_node", "slurm.array_gpus", "slurm.array_parallelism",
-                 "slurm.max_requeues", "slurm.signal_delay_s"}
+                 "slurm.max_requeues", "slurm.signal_delay_s", "slurm.packed_ranks"}
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _CHOICES = {"filter.backend": ("toyvid", "gemini"), "train.reference": ("teacher", "student"),
             "train.sft_target": ("teacher", "noise"), "train.loss": ("redpo", "sft", "dpo"),

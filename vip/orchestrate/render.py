@@ -8,7 +8,9 @@ an #SBATCH line (a newline or other control character) is refused with a ConfigE
 Each step script runs `jobs/step.py <step>` (filter: jobs/filter_prompts.py, training:
 jobs/train_redpo.py). The scripts are written to <run>/sbatch/stage<N>/ with a submit.sh that submits them in order,
 each after the steps it needs (afterany: every step checks its own inputs). Arrays longer than the
-cluster's MaxArraySize are split into parts (<step>.part<k>.sbatch) with a task offset.
+cluster's MaxArraySize are split into parts (<step>.part<k>.sbatch) with a task offset. With
+slurm.packed the fanned-out steps are rendered from sbatch/packed.sbatch instead: one job of
+slurm.packed_ranks ranks per step (srun, or mpirun without Slurm), which needs no task count.
 """
 from __future__ import annotations
 
@@ -56,14 +58,19 @@ def q(value) -> str:
     return shlex.quote(str(value))
 
 
-def sbatch_flags(slurm: SlurmConfig, kind: str) -> list[tuple[str, str | None]]:
-    """(option, value) pairs for the #SBATCH lines of one kind of job; value None = a flag."""
-    gpu_kinds = ("array", "gpu", "train")
+def sbatch_flags(slurm: SlurmConfig, kind: str, ranks: int = 1) -> list[tuple[str, str | None]]:
+    """(option, value) pairs for the #SBATCH lines of one kind of job; value None = a flag.
+    kind: array, cpu_array, packed / cpu_packed (`ranks` tasks, placed by Slurm), gpu, cpu, train."""
+    gpu_kinds = ("array", "packed", "gpu", "train")
     flags: list[tuple[str, str | None]] = []
     partition = slurm.partition if kind in gpu_kinds else (slurm.cpu_partition or slurm.partition)
     if partition:
         flags.append(("partition", partition))
-    if kind == "train":
+    if kind in ("packed", "cpu_packed"):
+        flags.append(("ntasks", str(ranks)))
+        if kind == "packed" and slurm.array_gpus:
+            flags.append(("gpus-per-task", str(slurm.array_gpus)))
+    elif kind == "train":
         flags += [("nodes", str(slurm.nodes)), ("ntasks-per-node", str(max(1, slurm.gpus_per_node)))]
         if slurm.gpus_per_node:
             flags.append(("gpus-per-node", str(slurm.gpus_per_node)))
@@ -72,7 +79,7 @@ def sbatch_flags(slurm: SlurmConfig, kind: str) -> list[tuple[str, str | None]]:
         if kind in ("array", "gpu") and slurm.array_gpus:
             flags.append(("gpus-per-node", str(slurm.array_gpus)))
     flags.append(("cpus-per-task", str(slurm.cpus_per_task if kind in gpu_kinds else 2)))
-    flags.append(("time", str(slurm.time if kind in gpu_kinds or kind == "cpu_array" else slurm.cpu_time)))
+    flags.append(("time", str(slurm.time if kind in (*gpu_kinds, "cpu_array", "cpu_packed") else slurm.cpu_time)))
     if slurm.mem_gb and kind in gpu_kinds:
         flags.append(("mem", f"{slurm.mem_gb}G"))
     for key in ("account", "qos", "constraint", "exclude"):
@@ -125,6 +132,8 @@ def render_step(cfg: Config, run: RunDir, stage: int, step: str, tasks: int | No
     """[(file name, script text, (first task, count) or None)] for one step; an array longer than
     max_array becomes several parts."""
     spec = STEPS[step]
+    if cfg.slurm.packed and spec.is_array:
+        return [render_packed(cfg, run, stage, step, tasks, python=python, repo=repo)]
     template = (TEMPLATES / f"{step}.sbatch").read_text()
     common = (TEMPLATES / "_common.sh").read_text().rstrip("\n")
     logs = log_dir(run, stage, step)
@@ -147,6 +156,26 @@ def render_step(cfg: Config, run: RunDir, stage: int, step: str, tasks: int | No
         name = f"{step}.sbatch" if tasks <= max_array else f"{step}.part{k}.sbatch"
         parts.append((name, text, (lo, n)))
     return parts
+
+
+def render_packed(cfg: Config, run: RunDir, stage: int, step: str, tasks: int | None, *, python: str,
+                  repo: Path) -> tuple[str, str, tuple[int, int | None]]:
+    """sbatch/packed.sbatch for one fanned-out step: packed_ranks ranks (at most `tasks`, when known).
+    The ranks read the plan themselves, so the script is complete without a task count."""
+    from vip.orchestrate.slurm import packed_ranks  # noqa: PLC0415 - only when rendering packed jobs
+
+    kind = "cpu_packed" if STEPS[step].kind == "cpu_array" else "packed"
+    ranks = packed_ranks(cfg.slurm, tasks)
+    logs = log_dir(run, stage, step)
+    lines = [sbatch_line("job-name", job_name(cfg, stage, step)), sbatch_line("output", f"{logs}/%x-%j.out"),
+             "#SBATCH --open-mode=append"]
+    lines += [sbatch_line(k, v) for k, v in sbatch_flags(cfg.slurm, kind, ranks)]
+    template = (TEMPLATES / "packed.sbatch").read_text().replace("USR1@120", f"USR1@{int(cfg.slurm.signal_delay_s)}")
+    text = fill(template, {"REPO": q(repo), "PYTHON": q(python), "CONFIG": q(run.path / "config.yaml"),
+                           "RUN_DIR": q(run.path), "STAGE": str(int(stage)), "STEP": q(step), "RANKS": str(int(ranks)),
+                           "MAX_REQUEUES": str(int(cfg.slurm.max_requeues)), "SBATCH": "\n".join(lines),
+                           "COMMON": (TEMPLATES / "_common.sh").read_text().rstrip("\n")})
+    return (f"{step}.sbatch", text, (0, tasks))  # never None: submit.sh need not wait for a task count
 
 
 def _var(name: str) -> str:

@@ -26,7 +26,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,8 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from vip.config import Config, ConfigError, SlurmConfig, has_control_chars
+from vip.orchestrate import packed
+from vip.orchestrate.fanout import ARRAY_STEPS, ArrayStep  # noqa: F401 - the step specs, re-exported
 from vip.orchestrate.ledger import Ledger
 from vip.steps.context import StageContext
 from vip.store import RunDir
@@ -144,10 +145,16 @@ def is_active(state: str) -> bool:
 
 
 def active_tasks(ledger: Ledger, step: str) -> dict[int | None, str]:
-    """Task index -> job element, for the step's recorded jobs still pending/running/requeued."""
+    """Task index -> job element, for the step's recorded jobs still pending/running/requeued
+    (every task of a packed job maps to that job; a single job's task is None)."""
     elements = ledger.elements(step)
     states = job_states(elements)
-    return {task: e for e, task in elements.items() if is_active(states[e])}
+    out = {task: e for e, task in elements.items() if is_active(states[e])}
+    for entry in ledger.entries(step):
+        if entry.get("kind") == "packed" and is_active(states.get(entry["job_id"], "UNKNOWN")):
+            out.pop(None, None)
+            out.update({t: entry["job_id"] for t in entry["tasks"]})
+    return out
 
 
 def queued_ids(ledger: Ledger, step: str) -> list[str]:
@@ -283,16 +290,35 @@ def job_name(cfg: Config, stage: int, step: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"vip-{cfg.run.name}-s{stage}-{step}")[:100]
 
 
-def sbatch_options(slurm: SlurmConfig, kind: str) -> dict[str, Any]:
+KINDS = ("array", "cpu_array", "packed", "cpu_packed", "gpu", "cpu", "train")
+
+
+def packed_ranks(slurm: SlurmConfig, tasks: int | None = None) -> int:
+    """Ranks of a packed job: slurm.packed_ranks (0 = nodes x GPUs per node), never more than its tasks."""
+    ranks = slurm.packed_ranks or slurm.nodes * max(1, slurm.gpus_per_node)
+    return max(1, min(ranks, tasks)) if tasks is not None else ranks
+
+
+def sbatch_options(slurm: SlurmConfig, kind: str, ranks: int = 1) -> dict[str, Any]:
     """Resource options of one kind of job, as submitit parameters.
-    kind: array (one GPU task per array element), cpu_array (the same without a GPU), gpu (one GPU task),
-    cpu (small job), train (nodes x GPUs)."""
-    if kind not in ("array", "cpu_array", "gpu", "cpu", "train"):
+    kind: array (one GPU task per array element), cpu_array (the same without a GPU), packed (`ranks`
+    tasks of one GPU each, on as many nodes as Slurm needs), cpu_packed (the same without GPUs),
+    gpu (one GPU task), cpu (small job), train (nodes x GPUs)."""
+    if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
     p: dict[str, Any] = {"nodes": 1, "tasks_per_node": 1}
     extra: dict[str, Any] = {}
-    if kind in ("cpu", "cpu_array"):
+    if kind in ("packed", "cpu_packed"):
+        # --ntasks, not nodes x tasks per node: Slurm places the ranks wherever GPUs are free
+        del p["tasks_per_node"]
+        extra["ntasks"] = ranks
+        extra["nodes"] = f"1-{ranks}" if ranks > 1 else 1
+        if kind == "packed" and slurm.array_gpus:
+            p["slurm_gpus_per_task"] = slurm.array_gpus
+    if kind in ("cpu", "cpu_array", "cpu_packed"):
         partition, p["timeout_min"], p["cpus_per_task"] = slurm.cpu_partition or slurm.partition, slurm.cpu_time, 2
+        if kind == "cpu_packed":  # it runs the array's tasks, so it gets an array task's time
+            p["timeout_min"] = slurm.time
     else:
         partition, p["timeout_min"], p["cpus_per_task"] = slurm.partition, slurm.time, slurm.cpus_per_task
         if slurm.mem_gb:
@@ -322,12 +348,12 @@ def sbatch_options(slurm: SlurmConfig, kind: str) -> dict[str, Any]:
 
 
 def make_executor(folder: Path, slurm: SlurmConfig, kind: str, name: str,
-                  depends_on: Sequence[str] = ()) -> submitit.AutoExecutor:
+                  depends_on: Sequence[str] = (), ranks: int = 1) -> submitit.AutoExecutor:
     if has_control_chars(str(folder)):
         raise ConfigError(f"the log folder {str(folder)!r} contains a newline or control character, which an "
                           "#SBATCH line cannot hold; use another run directory")
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=slurm.max_requeues)
-    params = sbatch_options(slurm, kind)
+    params = sbatch_options(slurm, kind, ranks)
     if kind in ("array", "cpu_array"):  # 0 = no cap (submitit's own default would be %256)
         params["slurm_array_parallelism"] = slurm.array_parallelism or 1_000_000
     live = live_dependencies(depends_on)
@@ -374,67 +400,6 @@ def map_array(folder: Path, fn: Callable, items: Sequence, slurm: SlurmConfig, n
 
 
 # ----------------------------------------------------------------------------- what runs on the nodes
-
-@dataclass(frozen=True)
-class ArrayStep:
-    """How a fanned-out step's task runs: missing(ctx) -> [task], run(ctx, task), done(ctx, task)."""
-
-    missing: Callable[[StageContext], list[int]]
-    run: Callable[[StageContext, int], Any]
-    done: Callable[[StageContext, int], bool]
-    kind: str = "array"  # "cpu_array" for steps that need no GPU (prompt filtering calls an API)
-
-
-def _loo_missing(ctx):
-    from vip.steps import loo
-    return loo.missing(ctx)
-
-
-def _loo_run(ctx, i):
-    from vip.steps import loo
-    loo.run_task(ctx, i)
-
-
-def _loo_done(ctx, i):
-    from vip.steps import loo
-    return loo.shards(ctx).is_done(i)
-
-
-def _pairs_missing(ctx):
-    from vip.steps import pairs
-    return pairs.missing(ctx)
-
-
-def _pairs_run(ctx, i):
-    from vip.steps import pairs
-    pairs.run_task(ctx, i)
-
-
-def _pairs_done(ctx, i):
-    return i not in _pairs_missing(ctx)
-
-
-def _filter_missing(ctx):  # once per run: ctx.stage is 0
-    from vip.steps import filter as prompt_filter
-    return prompt_filter.missing(ctx.run, ctx.cfg)
-
-
-def _filter_run(ctx, i):
-    from vip.steps import filter as prompt_filter
-    prompt_filter.run_task(ctx.run, ctx.cfg, i)
-
-
-def _filter_done(ctx, i):
-    from vip.steps import filter as prompt_filter
-    return prompt_filter.shards(ctx.run).is_done(i)
-
-
-ARRAY_STEPS: dict[str, ArrayStep] = {
-    "loo": ArrayStep(_loo_missing, _loo_run, _loo_done),
-    "pairs": ArrayStep(_pairs_missing, _pairs_run, _pairs_done),
-    "filter": ArrayStep(_filter_missing, _filter_run, _filter_done, kind="cpu_array"),
-}
-
 
 def ledger_for(ctx: StageContext) -> Ledger:
     """A stage's ledger is <stage>/jobs.json; run-wide steps (stage 0, e.g. filter) use <run>/jobs.json."""
@@ -525,6 +490,29 @@ class ArrayTask(_OnNode):
         return {**info, "skipped": False, "end": time.time()}
 
 
+class PackedJob(_OnNode):
+    """One packed job of a fanned-out step, run by submitit on every rank (srun, one task per rank):
+    rank r of R runs its share of `tasks` (vip.orchestrate.packed), skipping those already done.
+    Requeued on preemption like an array task (rank 0 checkpoints); the requeued job skips what is done."""
+
+    def __init__(self, step: str, run_path: str, cfg: Config, stage: int, tasks: Sequence[int],
+                 spec: ArrayStep | None = None):
+        super().__init__(step, run_path, cfg, stage)
+        self.tasks, self.spec = list(tasks), spec
+
+    def __call__(self) -> list[dict]:
+        from vip.train.dist import discover
+
+        env = discover()  # srun's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID
+        if env.rank == 0:
+            self._note_restart(None)
+        elif _restarts() > self.cfg.slurm.max_requeues:
+            raise RequeueLimitError(f"{self.step} packed job requeued {_restarts()} times, more than "
+                                    f"slurm.max_requeues={self.cfg.slurm.max_requeues}; not running it again")
+        packed.use_own_gpu(env.local_rank)
+        return packed.run_rank(self._ctx(), self.step, env.rank, env.world_size, self.tasks, self.spec)
+
+
 class StepJob(_OnNode):
     """A single job: fn(ctx) on every task of the job (training: one task per GPU, with RANK,
     WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set from Slurm before fn runs).
@@ -599,6 +587,45 @@ def submit_array(ctx: StageContext, step: str, indices: Sequence[int] | None = N
             ledger.add(step, {"job_id": jid, "kind": "array", "elements": elements, "depends_on": list(depends_on),
                               "log_dir": str(folder)})
     return list(ids)
+
+
+def submit_packed(ctx: StageContext, step: str, indices: Sequence[int] | None = None,
+                  depends_on: Sequence[str] = (), spec: ArrayStep | None = None) -> list[str]:
+    """Submit the step's tasks that are neither done nor already queued as one packed job of
+    packed_ranks(slurm, tasks) ranks (slurm.packed). Returns [job id], or [] when nothing was needed."""
+    custom = spec
+    spec = spec or ARRAY_STEPS[step]
+    ledger = ledger_for(ctx)
+    with ledger.lock():
+        todo = sorted(set(spec.missing(ctx) if indices is None else indices))
+        queued = active_tasks(ledger, step)
+        todo = [i for i in todo if i not in queued]
+        if not todo:
+            return []
+        ranks = packed_ranks(ctx.cfg.slurm, len(todo))
+        kind = "cpu_packed" if spec.kind == "cpu_array" else "packed"
+        folder = log_dir(ctx, step)
+        ex = make_executor(folder, ctx.cfg.slurm, kind, job_name(ctx.cfg, ctx.stage, step), depends_on, ranks)
+        with _submitting(ex):
+            job = ex.submit(PackedJob(step, str(ctx.run.path), ctx.cfg, ctx.stage, todo, custom))
+        ledger.add(step, {"job_id": job.job_id, "kind": "packed", "elements": {job.job_id: None}, "tasks": todo,
+                          "ranks": ranks, "depends_on": list(depends_on), "log_dir": str(folder)})
+    return [job.job_id]
+
+
+def packed_results(ledger: Ledger, step: str, job_id: str) -> list[dict]:
+    """The per-task records of a finished packed job (all ranks); ranks that left no result are skipped."""
+    from submitit.core.utils import JobPaths, pickle_load
+
+    entry = next(e for e in ledger.entries(step) if e["job_id"] == job_id)
+    out = []
+    for rank in range(entry["ranks"]):
+        path = JobPaths(entry["log_dir"], job_id=job_id, task_id=rank).result_pickle
+        if path.is_file():  # a killed rank writes none
+            outcome, result = pickle_load(path)
+            if outcome == "success":
+                out += result
+    return out
 
 
 def submit_job(ctx: StageContext, step: str, fn: Callable[[StageContext], Any], kind: str = "cpu",

@@ -221,17 +221,27 @@ def clean_slurm_env():
 # ----------------------------------------------------------------------------- the ledger, read
 
 def latest_elements(ledger: Ledger, step: str) -> dict[int | None, tuple[str, dict]]:
-    """Task -> (job element, ledger entry) of its latest submission."""
+    """Task -> (job element, ledger entry) of its latest submission (a packed job: its job id for each
+    of its tasks)."""
     out: dict[int | None, tuple[str, dict]] = {}
     for entry in ledger.entries(step):
+        if entry.get("kind") == "packed":
+            out.update({t: (entry["job_id"], entry) for t in entry["tasks"]})
+            continue
         for element, task in entry["elements"].items():
             out[task] = (element, entry)
     return out
 
 
-def log_path(entry: dict, element: str, failed: bool = False) -> Path:
-    """submitit's log of a job element (rank 0 for a multi-task job): .err holds errors, .out the rest."""
-    return Path(entry["log_dir"]) / f"{element}_0_log.{'err' if failed else 'out'}"
+def log_path(entry: dict, element: str, failed: bool = False, task: int | None = None) -> Path:
+    """submitit's log of a job element (rank 0 for a multi-task job; for a task of a packed job, the
+    log of the rank that runs it): .err holds errors, .out the rest."""
+    rank = 0
+    if entry.get("kind") == "packed" and task in entry.get("tasks", ()):
+        from vip.orchestrate.packed import rank_of
+
+        rank = rank_of(entry["tasks"], task, entry["ranks"])
+    return Path(entry["log_dir"]) / f"{element}_{rank}_log.{'err' if failed else 'out'}"
 
 
 def recorded_deps(ledger: Ledger, step: str, job_id: str) -> list[str]:
@@ -261,13 +271,20 @@ class Submitter:
         self.actions.append(Action(ctx.stage, step, verb, list(ids), detail))
 
     def array(self, ctx: StageContext, step: str) -> list[str]:
-        """The step's missing tasks that are not queued; returns the ids a dependent waits for."""
+        """The step's missing tasks that are not queued (an array, or one packed job with slurm.packed);
+        returns the ids a dependent waits for."""
         ledger = slurm.ledger_for(ctx)
-        new = slurm.submit_array(ctx, step)
+        packed = ctx.cfg.slurm.packed
+        new = (slurm.submit_packed if packed else slurm.submit_array)(ctx, step)
         wait = slurm.queued_ids(ledger, step)
         if new:
-            tasks = sorted(t for e in ledger.entries(step) if e["job_id"] in new for t in e["elements"].values())
-            self.note(ctx, step, "submitted", new, f"array, tasks {task_ranges(tasks)}")
+            entries = [e for e in ledger.entries(step) if e["job_id"] in new]
+            if packed:
+                (e,) = entries
+                detail = f"packed, tasks {task_ranges(e['tasks'])} over {e['ranks']} rank(s)"
+            else:
+                detail = f"array, tasks {task_ranges(sorted(t for e in entries for t in e['elements'].values()))}"
+            self.note(ctx, step, "submitted", new, detail)
         elif wait:
             self.note(ctx, step, "queued", wait, "pending or running already")
         else:
@@ -404,6 +421,16 @@ class DrySubmitter(Submitter):
         if not tasks:
             self.note(ctx, step, "queued" if wait else "done", wait)
             return wait
+        if ctx.cfg.slurm.packed:
+            name = self._name(ctx, step)
+            ranks = slurm.packed_ranks(ctx.cfg.slurm, len(tasks))
+            kind = "cpu_packed" if slurm.ARRAY_STEPS[step].kind == "cpu_array" else "packed"
+            header = (f"{name}: packed job of {ranks} rank(s) for {len(tasks)} tasks ({task_ranges(tasks)}; rank r "
+                      f"runs every {ranks}th from the r-th); runs {WHAT[step]}")
+            self.scripts.append(_script(ctx, step, kind, [], header, ranks=ranks))
+            self.note(ctx, step, "would submit", [name], f"packed, tasks {task_ranges(tasks)} over {ranks} rank(s)")
+            self.todo[(ctx.stage, step)] = tasks
+            return wait + [name]
         size = slurm.max_array_size()
         chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
         names = []
@@ -440,10 +467,11 @@ class DrySubmitter(Submitter):
         return f"<{where}-{step}{'' if part is None else f'.{part}'}>"
 
 
-def _script(ctx: StageContext, step: str, kind: str, after: list[str], header: str, count: int | None = None) -> str:
+def _script(ctx: StageContext, step: str, kind: str, after: list[str], header: str, count: int | None = None,
+            ranks: int = 1) -> str:
     """The sbatch script submitit writes for this job (its own generator; no file is written)."""
     folder = slurm.log_dir(ctx, step)
-    ex = slurm.make_executor(folder, ctx.cfg.slurm, kind, slurm.job_name(ctx.cfg, ctx.stage, step))
+    ex = slurm.make_executor(folder, ctx.cfg.slurm, kind, slurm.job_name(ctx.cfg, ctx.stage, step), ranks=ranks)
     inner = ex._executor  # submitit's SlurmExecutor inside the AutoExecutor
     params = dict(inner.parameters)
     if kind == "array":
@@ -571,10 +599,10 @@ def measured(run: RunDir, before: int) -> dict:
         marks = [_marker_bytes(d / "loo" / "done" / f"task_{i:05d}") for i in range(len(clips))]
         if all(m is not None for m in marks) and sum(clips):
             out["loo_bytes_per_clip"] = sum(marks) / sum(clips)
-        elapsed = _elapsed(Ledger(d), "loo")
-        done = [i for i in elapsed if i < len(clips)]
-        if done and sum(clips[i] for i in done):
-            out["clip_s"] = sum(elapsed[i] for i in done) / sum(clips[i] for i in done)
+        runs = [(tasks, secs) for tasks, secs in _elapsed(Ledger(d), "loo") if all(i < len(clips) for i in tasks)]
+        n_clips = sum(clips[i] for tasks, _ in runs for i in tasks)
+        if n_clips:
+            out["clip_s"] = sum(secs for _, secs in runs) / n_clips
         pp = pairs.read_plan(d)
         if pp is not None:
             rows = len(pp["prompts"])
@@ -593,22 +621,29 @@ def _marker_bytes(path: Path) -> int | None:
         return None
 
 
-def _elapsed(ledger: Ledger, step: str) -> dict[int, float]:
-    """Task -> elapsed seconds of its latest COMPLETED array element (sacct ElapsedRaw); {} without accounting."""
-    latest = {t: e for t, (e, _) in latest_elements(ledger, step).items() if t is not None}
+def _elapsed(ledger: Ledger, step: str) -> list[tuple[list[int], float]]:
+    """(tasks, device-seconds) of every COMPLETED latest job element (sacct ElapsedRaw): an array task's
+    elapsed time, or a packed job's elapsed time x its ranks for all its tasks; [] without accounting."""
+    latest = {t: (e, entry) for t, (e, entry) in latest_elements(ledger, step).items() if t is not None}
     if not latest:
-        return {}
-    bases = sorted({e.split("_")[0] for e in latest.values()}, key=_id_key)
+        return []
+    bases = sorted({e.split("_")[0] for e, _ in latest.values()}, key=_id_key)
     try:
         text = slurm._run(["sacct", "-n", "-X", "-P", "-j", ",".join(bases), "-o", "JobID,State,ElapsedRaw"])
     except slurm.SlurmError:
-        return {}
+        return []
     secs = {}
     for line in text.splitlines():
         parts = line.strip().split("|")
         if len(parts) == 3 and parts[1] == "COMPLETED" and parts[2].isdigit():
             secs[parts[0]] = float(parts[2])
-    return {t: secs[e] for t, e in latest.items() if e in secs}
+    groups: dict[str, list[int]] = {}
+    ranks: dict[str, int] = {}
+    for t, (e, entry) in latest.items():
+        if e in secs:
+            groups.setdefault(e, []).append(t)
+            ranks[e] = int(entry.get("ranks", 1)) if entry.get("kind") == "packed" else 1
+    return [(sorted(tasks), secs[e] * ranks[e]) for e, tasks in groups.items()]
 
 
 def stage_costs(cfg: Config, stage: int, todo: dict[str, list[int]], n_variants: int, n_samples: int,

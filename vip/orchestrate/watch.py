@@ -101,7 +101,7 @@ def failures(run: RunDir, cfg: Config, elements: list[Element], states: dict[str
     for el in elements:
         state = states.get(el.element, "UNKNOWN")
         if failed(state) and not work_done(run, cfg, el):
-            err = log_path(el.entry, el.element, failed=True)
+            err = log_path(el.entry, el.element, failed=True, task=el.task)
             last = _last_error(err)
             word = state if state != "UNKNOWN" else "gone from the queue and accounting (cancelled before it started?)"
             out.append(f"{el.label()}: job {el.element} {word}" + (f": {last}" if last else "")
@@ -128,10 +128,10 @@ def _summary(states: list[str]) -> str:
 def progress_rows(run: RunDir, cfg: Config, n: int, elements: list[Element], states: dict[str, str]):
     """(key, description, done, total, postfix) per step of stage n, from files (and job states)."""
     ctx = StageContext(run, cfg, n)
-    jobs = {}
+    jobs: dict[str, dict[str, str]] = {}  # step -> job element -> state (a packed job once, not per task)
     for el in elements:
         if el.stage in (0, n):
-            jobs.setdefault(("filter" if el.stage == 0 else el.step), []).append(states.get(el.element, "UNKNOWN"))
+            jobs.setdefault(("filter" if el.stage == 0 else el.step), {})[el.element] = states.get(el.element, "UNKNOWN")
 
     def tasks(planned, shard_set, merged: bool, missing=None):
         if merged:
@@ -160,7 +160,7 @@ def progress_rows(run: RunDir, cfg: Config, n: int, elements: list[Element], sta
     rows.append(("outcome", "outcome", int(outcome.is_done(ctx)), 1))
     out = []
     for key, desc, done, total, *extra in rows:
-        post = ", ".join(x for x in (*extra, _summary(jobs.get(key, []))) if x)
+        post = ", ".join(x for x in (*extra, _summary(list(jobs.get(key, {}).values()))) if x)
         out.append((key, f"stage {n} {desc}" if key != "filter" else desc, done, total, post))
     return out
 
@@ -291,13 +291,15 @@ def _jobs_and_log(run: RunDir, steps, row: str, stage: int, mine: list[Element],
         summary = ", ".join(f"{c} {s}" for s, c in counts.items()) if len(got) > 1 else got[0]
         tasks = sorted(t for t in elements.values() if t is not None)
         name = entry["job_id"] + (f"[{task_ranges(tasks)}]" if entry.get("kind") == "array" else "")
+        if entry.get("kind") == "packed":
+            name = f"{entry['job_id']}[packed {task_ranges(entry['tasks'])} on {entry['ranks']} ranks]"
         texts.append(f"{name} {summary}")
     if len(entries) > 2:
         texts.insert(0, f"+{len(entries) - 2} earlier")
     log = ""
     if mine:
         el = mine[-1]
-        path = log_path(el.entry, el.element, failed=failed(states.get(el.element, "?")))
+        path = log_path(el.entry, el.element, failed=failed(states.get(el.element, "?")), task=el.task)
         try:
             log = str(path.relative_to(run.path))
         except ValueError:

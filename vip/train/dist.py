@@ -2,7 +2,9 @@
 
 torchrun and the `deepspeed` launcher set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_*; `srun`
 sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and the node list; `mpirun` is asked through
-mpi4py. Whatever the launcher, we export the torch variables ourselves, so DeepSpeed never
+mpi4py. An mpirun inside a Slurm allocation inherits SLURM_* variables that describe something
+else (the batch shell: SLURM_PROCID=0 everywhere; or the srun step that started its proxies, one
+task per node): there the MPI variables win. Whatever the launcher, we export the torch variables ourselves, so DeepSpeed never
 runs its own MPI discovery (which picks the wrong interface on some hosts).
 """
 from __future__ import annotations
@@ -45,18 +47,61 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def launched_by_srun(env) -> bool:
+    """SLURM_PROCID / SLURM_NTASKS describe this process's rank. Not so for a process that mpirun
+    started inside an allocation: it has MPI rank variables and either no SLURM_STEP_ID (forked from
+    the batch shell, whose SLURM_PROCID is 0) or an srun step of another size (mpirun's proxies).
+    The test uses only values every rank shares, so all ranks of one launch decide alike."""
+    if not ("SLURM_PROCID" in env and "SLURM_NTASKS" in env):
+        return False
+    if not any(k in env for k in MPI_RANK_VARS):
+        return True
+    if "SLURM_STEP_ID" not in env:
+        return False
+    size = next((env[k] for k in MPI_SIZE_VARS if k in env), None)
+    return size is None or size == env.get("SLURM_STEP_NUM_TASKS", env["SLURM_NTASKS"])
+
+
+def node_address(host: str) -> str:
+    """An address for a Slurm node name: the name itself if it resolves, else the node's NodeAddr from
+    `scontrol show node` (node names need not be host names: on the test cluster n1..n3 are all
+    localhost), else the name."""
+    try:
+        socket.getaddrinfo(host, None)
+        return host
+    except OSError:
+        pass
+    import shutil
+    import subprocess
+
+    if shutil.which("scontrol"):
+        try:
+            out = subprocess.run(["scontrol", "show", "node", "-o", host], capture_output=True, text=True,
+                                 timeout=30).stdout
+            m = re.search(r"NodeAddr=(\S+)", out)
+            if m:
+                return m.group(1)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return host
+
+
 def discover(environ: dict | None = None) -> DistEnv:
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
                        env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "torchrun")
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+    if launched_by_srun(env):
         hosts = expand_nodelist(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost"))
         # one port per job, so two jobs sharing a node never collide
         port = int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", 0)) % 20000)
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                       env.get("MASTER_ADDR") or hosts[0], port, "slurm")
-    if any(k in env for k in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")):
+                       env.get("MASTER_ADDR") or node_address(hosts[0]), port, "slurm")
+    if any(k in env for k in MPI_RANK_VARS):
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
