@@ -3,6 +3,8 @@ config, and the figures read back from an earlier stage (shard markers, sacct el
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vip import config
 from vip.orchestrate import slurm, submit
@@ -64,7 +66,11 @@ def test_measured_figures_replace_the_constants():
 def test_train_gpus_and_the_lines():
     cfg = _cfg("slurm.nodes=2", "slurm.gpus_per_node=4")
     (train,) = submit.stage_costs(cfg, 1, {"train": [None]}, 6, 10, LATENT, {})
-    assert train.tasks == 8 and train.gpu_hours == 0  # not estimated (see the training benchmark)
+    # nothing measured: every one of the 8 x 3 = 24 candidate pairs kept (upper bound); 8 ranks take
+    # min(4, 24 // 8) = 3 pairs each, one step per epoch, 4 epochs; the H100 figure of docs/benchmarks.md
+    assert (train.tasks, train.pairs, train.steps, train.step_s) == (8, 24, 4, 0.529)
+    assert train.gpu_hours == pytest.approx(4 * 0.529 * 8 / 3600)
+    assert "     4 steps" in train.line()
     assert submit.human_bytes(512) == "512 B" and submit.human_bytes(1536) == "1.5 KiB"
     assert submit.human_bytes(3 * 1024 ** 3) == "3.0 GiB"
     line = submit.StepCost(1, "loo", 6, 60, 1 / 1.2, 1, 1000).line()
@@ -104,3 +110,78 @@ def test_measured_reads_the_last_finished_stage(tmp_path, monkeypatch):
 
     monkeypatch.setattr(slurm, "_run", no_accounting)
     assert "clip_s" not in submit.measured(run, 2)  # then the documented constant
+
+
+def _tc(*overrides):
+    return config.load(None, list(overrides)).train
+
+
+@pytest.mark.parametrize("overrides,pairs,world,steps", [
+    ([], 57, 1, 56),  # the demo's stage 2 (runs/demo/stage2/train/done.json): 57 pairs, 14 batches of 4, 4 epochs
+    ([], 2, 1, 0),  # the demo's stage 1: 2 pairs < train.min_pairs=16, training skipped
+    (["train.grad_accum=2"], 96, 8, 4),  # batch 4 x 8 ranks = 32 a micro-step: 3 micro-steps, 1 step per epoch
+    (["train.min_pairs=0"], 20, 32, 0),  # fewer pairs than ranks: the trainer refuses, nothing to estimate
+    (["train.epochs=1", "train.batch_size=16"], 40, 4, 1),  # batch min(16, 40 // 4) = 10: one global batch of 40
+])
+def test_train_steps_follow_the_trainer(overrides, pairs, world, steps):
+    assert submit.train_steps(_tc(*overrides), pairs, world) == steps
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs=st.integers(16, 5000), world=st.integers(1, 64), batch=st.integers(1, 32), accum=st.integers(1, 8),
+       epochs=st.integers(1, 5))
+def test_train_steps_use_whole_global_batches_only(pairs, world, batch, accum, epochs):
+    tc = _tc(f"train.batch_size={batch}", f"train.grad_accum={accum}", f"train.epochs={epochs}")
+    steps = submit.train_steps(tc, pairs, world)
+    b = min(batch, pairs // world)
+    assert steps % epochs == 0
+    if b == 0:
+        assert steps == 0
+        return
+    per_step = b * world * accum  # pairs one optimizer step consumes over all ranks
+    left = pairs - steps // epochs * per_step  # pairs an epoch leaves out
+    assert 0 <= left < per_step
+
+
+def test_expected_pairs_from_curation_an_earlier_stage_or_the_bound():
+    cfg = _cfg()  # max_prompts 8 x seeds_per_prompt 3
+    assert submit.expected_pairs(cfg, {}) == 24  # nothing known: every candidate kept
+    assert submit.expected_pairs(cfg, {}, pairs_rows=18) == 18
+    assert submit.expected_pairs(cfg, {"kept_fraction": 57 / 96}, pairs_rows=96) == 57
+    assert submit.expected_pairs(cfg, {"kept_fraction": 0.5}) == 12
+    assert submit.expected_pairs(cfg, {"kept_fraction": 0.5}, pairs_rows=96, kept=7) == 7  # curated: exact
+
+
+def test_training_cost_from_measured_figures():
+    cfg = _cfg("slurm.nodes=2", "slurm.gpus_per_node=4")
+    known = {"train_step_s": 2.0, "kept_fraction": 0.5}
+    (train,) = submit.stage_costs(cfg, 2, {"train": [None]}, 6, 10, LATENT, known, pairs_rows=96)
+    # 48 pairs over 8 ranks: batch 4, 48 // 32 = 1 step per epoch, 4 epochs, 2 s each, 8 GPUs
+    assert (train.pairs, train.steps) == (48, 4)
+    assert train.hours == pytest.approx(8 / 3600) and train.gpu_hours == pytest.approx(64 / 3600)
+    (cpu,) = submit.stage_costs(_cfg("slurm.gpus_per_node=0"), 2, {"train": [None]}, 6, 10, LATENT, {}, kept_pairs=30)
+    assert cpu.gpus == 0 and cpu.gpu_hours == 0 and cpu.step_s == 7.42  # a CPU job: the CPU figure, no GPU-hours
+    assert cpu.steps == 4 * (30 // 4) and "(CPU job)" in cpu.line()
+    (skipped,) = submit.stage_costs(cfg, 2, {"train": [None]}, 6, 10, LATENT, known, kept_pairs=3)
+    assert skipped.steps == 0 and skipped.gpu_hours == 0  # < train.min_pairs: the trainer skips
+
+
+def test_measured_train_reads_the_last_trained_and_curated_stages(tmp_path):
+    run = RunDir(tmp_path / "run")
+    tc = _tc()  # batch 4, grad_accum 1
+    s1, s2 = run.stage(1), run.stage(2)
+    (s1 / "train").mkdir(parents=True)
+    (s2 / "train").mkdir(parents=True)
+    (s1 / "curation.json").write_text(json.dumps({"candidates": 96, "kept": 57}))
+    (s1 / "train" / "done.json").write_text(json.dumps({"steps": 56, "pairs": 57, "world_size": 1}))
+    (s1 / "train" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": i, "loss": 1.0, "samples_per_s": r}) + "\n" for i, r in ((1, 0.5), (56, 1.6))))
+    (s2 / "curation.json").write_text(json.dumps({"candidates": 96, "kept": 2}))  # stage 2 skipped training
+    (s2 / "train" / "done.json").write_text(json.dumps({"steps": 0, "pairs": 2, "world_size": 0, "skipped": "x"}))
+    known = submit.measured_train(run, tc, 3)
+    # the last step's rate counts pairs over all ranks: 4 pairs x 1 rank per step at 1.6 pairs/s
+    assert known["train_step_s"] == pytest.approx(4 / 1.6) and known["train_from"] == 1
+    assert known["kept_fraction"] == pytest.approx(2 / 96) and known["kept_from"] == 2  # the latest curation
+    assert submit.measured_train(run, tc, 2) == {"train_step_s": pytest.approx(2.5), "train_from": 1,
+                                                 "kept_fraction": pytest.approx(57 / 96), "kept_from": 1}
+    assert submit.measured_train(run, tc, 1) == {}

@@ -244,3 +244,49 @@ def test_nothing_outside_orchestrate_imports_submitit_or_the_slurm_executor():
     r = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_packed_mode_renders_one_job_per_fanned_out_step_launched_by_srun_or_mpirun(tmp_path):
+    cfg = config.load(None, ["slurm.packed=true", "slurm.packed_ranks=3", "slurm.partition=gpu",
+                             "slurm.cpu_partition=cpu", "slurm.time=90", "slurm.signal_delay_s=200"])
+    run = RunDir(tmp_path / "run $(touch pwned) it's")
+    bindir = tmp_path / "bin it's"
+    bindir.mkdir()
+    # python, srun and mpirun stand-ins record their arguments (NUL-separated), one line per call
+    rec = '#!/bin/bash\n{ printf "%s\\0" "$(basename "$0")" "$@"; echo; } >> "$ARGV_OUT"\n'
+    python = _executable(bindir / "python", rec)
+    for name in ("srun", "mpirun"):
+        _executable(bindir / name, rec)
+    written = render.render(cfg, run, 1, None, {"loo": 2}, python=str(python), repo=tmp_path, max_array=5)
+    names = [p.name for p in written]
+    assert names == ["filter.sbatch", "filter_merge.sbatch", "loo.sbatch", "select.sbatch", "target.sbatch",
+                     "pairs.sbatch", "curate.sbatch", "train.sbatch", "outcome.sbatch", "submit.sh"]
+    out = run.path / "sbatch/stage1"
+    loo, pairs, filt = ((out / f"{s}.sbatch").read_text() for s in ("loo", "pairs", "filter"))
+    for text in (loo, pairs, filt):
+        assert subprocess.run(["bash", "-n", "-c", text]).returncode == 0
+        assert "#SBATCH --array" not in text and "#SBATCH --requeue" in text and "USR1@200" in text
+        assert "#SBATCH --time=90" in text
+    assert "#SBATCH --ntasks=2" in loo  # 3 ranks asked for, but the plan has 2 tasks
+    assert "#SBATCH --ntasks=3" in pairs and "#SBATCH --gpus-per-task=1" in pairs  # task count unknown: 3
+    assert "#SBATCH --partition=cpu" in filt and "gpus" not in filt
+    submit = (out / "submit.sh").read_text()
+    assert "PAIRS=$(submit --dependency=afterany:$TARGET:$FILTER_MERGE pairs.sbatch)" in submit  # no count needed
+
+    argv = tmp_path / "argv"
+
+    def calls(slurm_job_id):
+        argv.unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"}
+        env.update(PATH=f"{bindir}:{os.environ['PATH']}", ARGV_OUT=str(argv),
+                   **({"SLURM_JOB_ID": slurm_job_id} if slurm_job_id else {}))
+        r = subprocess.run(["bash", str(out / "loo.sbatch")], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return [[os.fsdecode(a) for a in line.split(b"\0")[:-1]] for line in argv.read_bytes().splitlines()]
+
+    step = [str(python), "jobs/step.py", "loo", "--packed", "--config", str(run.path / "config.yaml"),
+            "--run-dir", str(run.path), "--stage", "1"]
+    assert calls("42") == [["srun", "--ntasks=2", *step]]  # in an allocation: srun starts the ranks
+    assert calls(None) == [["mpirun", "-n", "2", *step]]  # no Slurm: the mpirun beside python
+    assert not list(tmp_path.rglob("pwned"))

@@ -313,6 +313,7 @@ def sbatch_options(slurm: SlurmConfig, kind: str, ranks: int = 1) -> dict[str, A
         del p["tasks_per_node"]
         extra["ntasks"] = ranks
         extra["nodes"] = f"1-{ranks}" if ranks > 1 else 1
+        extra["requeue"] = True  # preempted or timed out: requeued, and the requeued job skips what is done
         if kind == "packed" and slurm.array_gpus:
             p["slurm_gpus_per_task"] = slurm.array_gpus
     if kind in ("cpu", "cpu_array", "cpu_packed"):

@@ -36,7 +36,7 @@ import submitit.slurm.slurm as submitit_slurm
 from filelock import FileLock, Timeout
 
 from vip.cli import fail_cleanly
-from vip.config import Config
+from vip.config import Config, TrainConfig
 from vip.orchestrate import driver, slurm
 from vip.orchestrate.ledger import Ledger
 from vip.orchestrate.steprun import check_train_inputs, run_step
@@ -44,8 +44,10 @@ from vip.prompts.sets import load_prompts
 from vip.steps import filter as prompt_filter
 from vip.steps import loo, outcome, pairs, select, target
 from vip.steps.context import StageContext
-from vip.store import IncompleteError, RunDir, atomic_write_json
+from vip.store import IncompleteError, RunDir, atomic_write_json, read_json
 from vip.train import redpo_trainer
+from vip.train.data import Order
+from vip.train.metrics import read_metrics
 
 LOCK = "driver.lock"
 NODE_LOCK_TIMEOUT = 600  # a continuation job waits this long for a driver that is submitting right now
@@ -426,7 +428,7 @@ class DrySubmitter(Submitter):
             ranks = slurm.packed_ranks(ctx.cfg.slurm, len(tasks))
             kind = "cpu_packed" if slurm.ARRAY_STEPS[step].kind == "cpu_array" else "packed"
             header = (f"{name}: packed job of {ranks} rank(s) for {len(tasks)} tasks ({task_ranges(tasks)}; rank r "
-                      f"runs every {ranks}th from the r-th); runs {WHAT[step]}")
+                      f"runs the r-th task of that list, then every {ranks} further); runs {WHAT[step]}")
             self.scripts.append(_script(ctx, step, kind, [], header, ranks=ranks))
             self.note(ctx, step, "would submit", [name], f"packed, tasks {task_ranges(tasks)} over {ranks} rank(s)")
             self.todo[(ctx.stage, step)] = tasks
@@ -531,6 +533,9 @@ SAMPLE_ID_BYTES = 24  # sample id, prompt id, seed (int64 each) per sample of a 
 LOO_SHARD_BYTES = 8 * 1024  # HDF5 overhead of one shard (a toyvid loo shard: 9,648 B for 36 clips of one variant)
 PAIRS_SHARD_BYTES = 4 * 1024
 CLIP_STEPS = {"loo", "pairs", "target", "outcome"}  # the steps that generate clips
+# docs/benchmarks.md: the full trainer (jobs/train_redpo.py) on one H100, and a ReDPO step on one CPU thread
+TRAIN_STEP_S_GPU = 0.529
+TRAIN_STEP_S_CPU = 7.42
 
 
 @dataclass
@@ -542,17 +547,25 @@ class StepCost:
     tasks: int
     clips: int = 0
     clip_s: float = 0.0  # seconds per clip on one device
-    gpus: int = 1  # devices per task (0 = a CPU job: no GPU-hours)
+    gpus: int = 1  # devices per task (0 = a CPU job: no GPU-hours); training: all of its GPUs
     bytes: int = 0
+    steps: int = 0  # training: optimizer steps
+    step_s: float = 0.0  # training: seconds per optimizer step (all ranks at once)
+    pairs: int = 0  # training: the pairs it is expected to train on
+
+    @property
+    def hours(self) -> float:
+        """Wall-clock hours of the work (for an array: summed over its tasks)."""
+        return (self.steps * self.step_s if self.steps else self.clips * self.clip_s) / 3600
 
     @property
     def gpu_hours(self) -> float:
-        return self.clips * self.clip_s * max(self.gpus, 0) / 3600
+        return self.hours * max(self.gpus, 0)
 
     def line(self) -> str:
         where = f"stage {self.stage}" if self.stage else "run"
         gpu = f"{self.gpu_hours:8.3f} GPU-h" if self.gpus else "   (CPU job)"
-        clips = f"{self.clips:6d} clips" if self.clips else " " * 12
+        clips = f"{self.clips:6d} clips" if self.clips else f"{self.steps:6d} steps" if self.steps else " " * 12
         return f"# {where:<8} {self.step:<13} {self.tasks:4d} task(s) {clips}  {gpu}  {human_bytes(self.bytes):>9}"
 
 
@@ -614,6 +627,40 @@ def measured(run: RunDir, before: int) -> dict:
     return out
 
 
+def measured_train(run: RunDir, tc: TrainConfig, before: int) -> dict:
+    """From the stages before `before`: seconds per optimizer step of the last stage that trained
+    (metrics.jsonl's samples_per_s at its last step, over the pairs one step takes on all ranks), and the
+    fraction of candidate pairs the last curated stage kept. Keys present only when known."""
+    out: dict = {}
+    for n in range(before - 1, 0, -1):
+        d = run.stage(n)
+        if "kept_fraction" not in out:
+            cur = read_json(d / "curation.json")
+            if cur and cur.get("candidates"):
+                out["kept_fraction"], out["kept_from"] = cur["kept"] / cur["candidates"], n
+        if "train_step_s" not in out:
+            step_s = _step_seconds(run, tc, n)
+            if step_s:
+                out["train_step_s"], out["train_from"] = step_s, n
+        if "kept_fraction" in out and "train_step_s" in out:
+            break
+    return out
+
+
+def _step_seconds(run: RunDir, tc: TrainConfig, stage: int) -> float | None:
+    """The run's config is the same in every stage (one hash), so tc gives that stage's batch too."""
+    done = read_json(redpo_trainer.train_dir(run, stage) / "done.json")
+    if not done or not done.get("steps") or done.get("skipped"):
+        return None
+    metrics = read_metrics(redpo_trainer.train_dir(run, stage))
+    rate = metrics[-1].get("samples_per_s") if metrics else None
+    if not rate:
+        return None
+    world = int(done["world_size"])
+    batch = min(tc.batch_size, int(done["pairs"]) // world)
+    return batch * tc.grad_accum * world / rate  # samples_per_s counts pairs over all ranks, since (re)start
+
+
 def _marker_bytes(path: Path) -> int | None:
     try:
         return int(json.loads(path.read_text())["bytes"])
@@ -646,14 +693,39 @@ def _elapsed(ledger: Ledger, step: str) -> list[tuple[list[int], float]]:
     return [(sorted(tasks), secs[e] * ranks[e]) for e, tasks in groups.items()]
 
 
+def train_steps(tc: TrainConfig, n_pairs: int, world: int) -> int:
+    """Optimizer steps the trainer takes on n_pairs over `world` ranks (redpo_trainer.train's arithmetic:
+    per-rank batch min(batch_size, pairs // world), whole global micro-batches, grad_accum per step);
+    0 when it would skip (fewer than train.min_pairs) or refuse (fewer pairs than ranks)."""
+    if n_pairs < tc.min_pairs:
+        return 0
+    batch = min(tc.batch_size, n_pairs // world)
+    if batch == 0:
+        return 0
+    return tc.epochs * (Order(n_pairs, batch, world, 0).micro_steps_per_epoch // tc.grad_accum)
+
+
+def expected_pairs(cfg: Config, known: dict, pairs_rows: int | None = None, kept: int | None = None) -> int:
+    """Pairs a stage's training will see: this stage's curation when it is done (kept), else its candidate
+    rows (the pairs plan, or the bound max_prompts x seeds_per_prompt) times the fraction an earlier stage
+    kept (known['kept_fraction']), else all of them (an upper bound)."""
+    if kept is not None:
+        return kept
+    rows = pairs_rows if pairs_rows is not None else cfg.curate.max_prompts * cfg.curate.seeds_per_prompt
+    return round(rows * known.get("kept_fraction", 1.0))
+
+
 def stage_costs(cfg: Config, stage: int, todo: dict[str, list[int]], n_variants: int, n_samples: int,
-                latent_numel: int, known: dict, pairs_rows: int | None = None) -> list[StepCost]:
+                latent_numel: int, known: dict, pairs_rows: int | None = None,
+                kept_pairs: int | None = None) -> list[StepCost]:
     """The arithmetic of the estimate, for one stage (no files, no Slurm).
 
     todo: array step -> the tasks that would be submitted; single steps (target, outcome, ...) -> [None].
-    known: measured() of an earlier stage (clip_s, loo_bytes_per_clip, pairs_bytes_per_row), else the
-    constants: TOYVID_CLIPS_PER_S and the per-sample byte estimates above.
-    pairs_rows: rows of the pairs plan (None: not planned yet; max_prompts x seeds_per_prompt is the bound)."""
+    known: measured() of an earlier stage (clip_s, loo_bytes_per_clip, pairs_bytes_per_row, train_step_s,
+    kept_fraction), else the constants: TOYVID_CLIPS_PER_S, TRAIN_STEP_S_GPU / _CPU and the per-sample
+    byte estimates above.
+    pairs_rows: rows of the pairs plan (None: not planned yet; max_prompts x seeds_per_prompt is the bound).
+    kept_pairs: pairs this stage's curation kept (None: not curated yet)."""
     clip_s = known.get("clip_s", 1 / TOYVID_CLIPS_PER_S)
     array_gpus = max(1, cfg.slurm.array_gpus)
     out = []
@@ -680,17 +752,20 @@ def stage_costs(cfg: Config, stage: int, todo: dict[str, list[int]], n_variants:
         elif step in ("target", "outcome"):
             c.clips = (2 if step == "target" else 1) * n_samples  # teacher + pruned student / trained student
             c.gpus = max(1, cfg.slurm.array_gpus)
-        elif step == "train":
+        elif step == "train":  # nodes x GPUs, one rank per GPU, for the trainer's steps
             c.tasks = cfg.slurm.nodes * max(1, cfg.slurm.gpus_per_node)
             c.gpus = 0 if not cfg.slurm.gpus_per_node else c.tasks
-            c.clip_s = 0.0  # not estimated here: see the ReDPO training benchmark
+            c.clip_s = 0.0
+            c.pairs = expected_pairs(cfg, known, pairs_rows, kept_pairs)
+            c.steps = train_steps(cfg.train, c.pairs, c.tasks)
+            c.step_s = known.get("train_step_s", TRAIN_STEP_S_GPU if cfg.slurm.gpus_per_node else TRAIN_STEP_S_CPU)
         out.append(c)
     return out
 
 
 def cost_lines(ctx: StageContext, sink: "DrySubmitter") -> list[str]:
     """The cost estimate of what a dry run would submit, per step (printed after the summary)."""
-    known = measured(ctx.run, ctx.stage)
+    known = {**measured(ctx.run, ctx.stage), **measured_train(ctx.run, ctx.cfg.train, ctx.stage)}
     lines = ["# ---- estimated cost (" + (
         f"{known['clip_s']:.2f} s per clip measured from stage {known['from']}'s leave-one-out jobs (sacct)"
         if "clip_s" in known else f"{1 / TOYVID_CLIPS_PER_S:.2f} s per clip: toyvid on one CPU thread, "
@@ -704,6 +779,7 @@ def cost_lines(ctx: StageContext, sink: "DrySubmitter") -> list[str]:
             for step in ("pairs", "curate", "train", "outcome"):
                 by_stage.setdefault(a.stage, {})[step] = [None]
     gpu_h, total_bytes = 0.0, 0
+    kept_note: dict[int, str] = {}
     for n, todo in sorted(by_stage.items()):
         sctx = StageContext(ctx.run, ctx.cfg, n) if n != ctx.stage else ctx
         if n == 0:  # the prompt filter: LLM calls, no clips
@@ -716,14 +792,34 @@ def cost_lines(ctx: StageContext, sink: "DrySubmitter") -> list[str]:
                 n_variants = 1 + len(loo.units_to_evaluate(ctx)) - ctx.cfg.select.k
                 latent = math.prod(ctx.model.latent_shape)
             pp = pairs.read_plan(sctx.dir)
+            cur = read_json(sctx.dir / "curation.json")
             costs = stage_costs(ctx.cfg, n, todo, n_variants, len(ctx.eval_set.prompts), latent, known,
-                                len(pp["prompts"]) if pp else None)
+                                len(pp["prompts"]) if pp else None, cur["kept"] if cur else None)
+            kept_note[n] = "curated" if cur else "planned" if pp else "bound"
         for c in costs:
             later = todo.get("pairs") == [None] and c.step in ("pairs", "curate", "train", "outcome")
-            lines.append(c.line() + ("  (upper bound, submitted later)" if later and c.step == "pairs"
-                                     else "  (submitted later)" if later and c.step != "train"
-                                     else "  (not estimated: see the training benchmark)" if c.step == "train" else ""))
+            note = ("  (upper bound, submitted later)" if later and c.step == "pairs"
+                    else "  (submitted later)" if later and c.step != "train" else "")
+            if c.step == "train":
+                note = "  " + train_note(c, known, kept_note[c.stage]) + (", submitted later" if later else "")
+            lines.append(c.line() + note)
             gpu_h += c.gpu_hours
             total_bytes += c.bytes
     lines.append(f"# total{'':<39}{gpu_h:8.3f} GPU-h  {human_bytes(total_bytes):>9}")
     return lines
+
+
+def train_note(c: StepCost, known: dict, pairs_from: str) -> str:
+    """Where a training estimate's figures come from, in words."""
+    if pairs_from == "curated":
+        where = "kept by this stage's curation"
+    elif "kept_fraction" in known:
+        where = (f"{'planned' if pairs_from == 'planned' else 'max_prompts x seeds_per_prompt'} candidates x "
+                 f"{known['kept_fraction']:.2f} kept in stage {known['kept_from']}")
+    else:
+        where = f"upper bound: every {'planned' if pairs_from == 'planned' else 'possible'} candidate kept"
+    speed = (f"{c.step_s:.3f} s/step measured in stage {known['train_from']}" if "train_step_s" in known
+             else f"{c.step_s:.3f} s/step from docs/benchmarks.md")
+    if not c.steps:
+        return f"(({c.pairs} pairs, {where}: training would be skipped or refused)"[1:]
+    return f"({c.pairs} pairs, {where}; {speed}; x {c.tasks} rank(s))"
