@@ -163,7 +163,11 @@ def load(cfg: RewardConfig) -> VideoScore:
         require_file(path, name, "the published processor")
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
         require_file(path, "tokenizer.json", "or tokenizer.model")
-    config = Idefics2Config.from_pretrained(path, local_files_only=True)
+    try:
+        config = Idefics2Config.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # transformers' validators raise several kinds; name the file
+        raise ConfigError(f"reward file {str(path / 'config.json')!r} is not a valid Idefics2 config: "
+                          f"{str(e).splitlines()[-1]}") from None
     processor = Idefics2Processor.from_pretrained(path, local_files_only=True)
     processor.tokenizer.padding_side = "right"  # causal: the real tokens never see the pads
     if processor.tokenizer.pad_token is None:
