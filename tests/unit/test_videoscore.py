@@ -265,3 +265,10 @@ def test_empty_or_missing_path(tmp_path):
         load_reward(RewardConfig(name="videoscore", path=""))
     with pytest.raises(ConfigError, match="not a directory"):
         load_reward(RewardConfig(name="videoscore", path=str(tmp_path / "nope")))
+
+
+def test_processor_that_does_not_match_the_config_is_named(ckpt, tmp_path):
+    d = copy_ckpt(ckpt, tmp_path)
+    (d / "processor_config.json").write_text(json.dumps({"image_seq_len": 8}))  # the perceiver has 4 latents
+    with pytest.raises(ConfigError, match="image_seq_len"):
+        load_reward(RewardConfig(name="videoscore", path=str(d)))

@@ -146,7 +146,8 @@ def _weights(path: Path) -> tuple[dict, dict, str]:
 
 def load(cfg: RewardConfig) -> VideoScore:
     """A downloaded TIGER-Lab/VideoScore or VideoScore-v1.1 directory (docs/rewards.md)."""
-    from transformers import Idefics2Config, Idefics2Processor
+    from transformers import AutoTokenizer, Idefics2Config, Idefics2Processor
+    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
     path = checkpoint_dir(cfg, "TIGER-Lab/VideoScore (or VideoScore-v1.1)")
     device, dtype = device_and_dtype(cfg)
@@ -168,10 +169,15 @@ def load(cfg: RewardConfig) -> VideoScore:
     except Exception as e:  # transformers' validators raise several kinds; name the file
         raise ConfigError(f"reward file {str(path / 'config.json')!r} is not a valid Idefics2 config: "
                           f"{str(e).splitlines()[-1]}") from None
-    processor = Idefics2Processor.from_pretrained(path, local_files_only=True)
-    processor.tokenizer.padding_side = "right"  # causal: the real tokens never see the pads
-    if processor.tokenizer.pad_token is None:
-        processor.tokenizer.pad_token = processor.tokenizer.unk_token or processor.tokenizer.eos_token
+    # The PIL image processor, as published (transformers would pick its torchvision variant
+    # wherever torchvision is installed, which resizes slightly differently).
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, padding_side="right")
+    if tokenizer.pad_token is None:  # right padding: the real tokens never attend to the pads
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    seq_len = read_json(path / "processor_config.json").get("image_seq_len", 64) \
+        if (path / "processor_config.json").is_file() else 64
+    processor = Idefics2Processor(image_processor=Idefics2ImageProcessorPil.from_pretrained(path, local_files_only=True),
+                                  tokenizer=tokenizer, image_seq_len=seq_len)
     n_latents = config.perceiver_config.resampler_n_latents
     if processor.image_seq_len != n_latents:
         raise ConfigError(f"reward checkpoint {str(path)!r}: processor 'image_seq_len' {processor.image_seq_len} "
