@@ -10,7 +10,8 @@ from vip.config import ConfigError, ModelConfig
 from vip.models.base import UnknownUnitError
 from vip.models.videocrafter2 import VideoCrafter2Model, load
 from vip.models.videocrafter2.build import TINY_META, TINY_UNET, tiny_components
-from vip.models.videocrafter2.convert import export_checkpoint, load_components
+from vip.models.videocrafter2.convert import export_checkpoint, load_components, read_checkpoint
+from vip.models.videocrafter2.convert import main as convert_main
 from vip.models.videocrafter2.model import resolve_dtype
 from vip.models.videocrafter2.scheduler import VideoCrafterDDIMScheduler
 from vip.models.videocrafter2.unet3d import VideoCrafterUNet3D
@@ -71,6 +72,36 @@ def test_real_size_unet_on_meta_matches_the_paper():
                              "input_blocks.11", "middle_block", "output_blocks.0", "output_blocks.1",
                              "output_blocks.3", "output_blocks.4", "output_blocks.7", "output_blocks.10",
                              "output_blocks.11"]
+
+
+def test_real_size_published_key_names_on_meta():
+    """Names and shapes read off lvdm's modules (openaimodel3d.py, ae_modules.py, open_clip), not off our code."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from vip.models.videocrafter2 import build
+    from vip.models.videocrafter2.convert import text_links, to_published, unet_links, vae_links
+
+    with torch.device("meta"):
+        unet, vae = VideoCrafterUNet3D(), AutoencoderKL(**build.VAE)
+        text = CLIPTextModel(CLIPTextConfig(**build.TEXT))
+    u = to_published(unet.state_dict(), unet_links(unet))
+    assert len(u) == 1484
+    assert u["init_attn.0.proj_in.weight"].shape == (512, 320, 1)  # 8 heads x 64, conv1d projection
+    assert u["input_blocks.1.0.temopral_conv.conv4.3.weight"].shape == (320, 320, 3, 1, 1)
+    assert u["input_blocks.7.1.transformer_blocks.0.attn2.to_k.weight"].shape == (1280, 1024)
+    assert u["middle_block.3.out_layers.3.weight"].shape == (1280, 1280, 3, 3)
+    assert u["output_blocks.2.1.conv.weight"].shape == (1280, 1280, 3, 3)  # level-3 upsampler after the ResBlock
+    assert u["output_blocks.5.3.conv.weight"].shape == (1280, 1280, 3, 3)  # after ResBlock, spatial, temporal
+    assert u["output_blocks.3.0.skip_connection.weight"].shape == (1280, 2560, 1, 1)
+    assert u["fps_embedding.2.weight"].shape == (1280, 1280) and u["out.2.weight"].shape == (4, 320, 3, 3)
+    v = to_published(vae.state_dict(), vae_links(vae))
+    assert len(v) == 248 and v["encoder.mid.attn_1.q.weight"].shape == (512, 512, 1, 1)
+    assert v["decoder.up.3.upsample.conv.weight"].shape == (512, 512, 3, 3)
+    assert v["decoder.up.0.block.0.nin_shortcut.weight"].shape == (128, 256, 1, 1)
+    t = to_published(text.state_dict(), text_links(text))
+    assert len(t) == 23 * 12 + 4 and t["transformer.resblocks.22.attn.in_proj_weight"].shape == (3072, 1024)
+    assert t["positional_embedding"].shape == (77, 1024) and t["token_embedding.weight"].shape == (49408, 1024)
 
 
 def test_disabling_changes_the_output_and_is_undone(model, batch):
@@ -168,7 +199,7 @@ def fresh(seed):
     return tiny_components()
 
 
-def test_converter_round_trip_is_bit_exact(model, batch):
+def test_converter_round_trip_is_bit_exact(model, batch, tmp_path):
     sd = export_checkpoint(model.unet, model.vae, model.text_encoder)
     assert "model.diffusion_model.input_blocks.1.0.temopral_conv.conv1.2.weight" in sd  # lvdm's names, typo included
     assert "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight" in sd
@@ -177,6 +208,8 @@ def test_converter_round_trip_is_bit_exact(model, batch):
     # what the published text tower has and VideoCrafter does not use: ignored
     sd["cond_stage_model.model.text_projection"] = torch.zeros(16, 16)
     sd["cond_stage_model.model.transformer.resblocks.2.ln_1.weight"] = torch.zeros(16)
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "model.ckpt")  # Lightning's layout
+    sd = read_checkpoint(tmp_path / "model.ckpt")
     unet, vae, text, tok, sched = fresh(1)
     assert not torch.equal(unet.conv_out.weight, model.unet.conv_out.weight)
     load_components(sd, unet, vae, text, sched, text_layers=3)
@@ -186,6 +219,16 @@ def test_converter_round_trip_is_bit_exact(model, batch):
         assert torch.equal(other.encode_prompts(PROMPTS), model.encode_prompts(PROMPTS))
         z = batch[0][:1]
         assert torch.equal(other.decode(z), model.decode(z))
+    other.save(tmp_path / "converted")  # converted tensors save (no shared storage) and load back
+    with torch.no_grad():
+        assert torch.equal(VideoCrafter2Model.load(tmp_path / "converted").predict(*batch), model.predict(*batch))
+
+
+def test_convert_cli_reports_a_bad_checkpoint_in_one_line(tmp_path, capsys):
+    (tmp_path / "model.ckpt").write_bytes(b"not a pickle")
+    assert convert_main([str(tmp_path / "model.ckpt"), str(tmp_path / "out"), "--tokenizer", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model.ckpt" in err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("edit, named", [

@@ -175,8 +175,8 @@ def to_ours(published: dict[str, torch.Tensor], links: list[Link], module: nn.Mo
     out = {}
     for link in links:
         t = published[link.published]
-        if link.chunk >= 0:
-            t = t.chunk(3, dim=0)[link.chunk]
+        if link.chunk >= 0:  # a copy: views of one fused tensor would share storage, which safetensors refuses
+            t = t.chunk(3, dim=0)[link.chunk].clone()
         if link.squeeze:
             t = t.reshape(t.shape[:2])
         if t.shape != shapes[link.ours]:
@@ -257,13 +257,20 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, torch.T
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r} does not exist (expected VideoCrafter2's model.ckpt)")
+    def read(mmap: bool):
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=True)
-    except RuntimeError:  # an old (non-zip) pickle cannot be memory-mapped
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as e:  # weights_only refuses objects it does not know
-        raise ConfigError(f"checkpoint {str(path)!r} could not be read with weights_only=True "
-                          f"({type(e).__name__}); if you trust the file, pass --trust-pickle") from e
+        try:
+            ckpt = read(mmap=True)  # no copy of the 1.4B weights in memory
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # an old (non-zip) pickle cannot be memory-mapped
+                raise
+            ckpt = read(mmap=False)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"checkpoint {str(path)!r} could not be read ({type(e).__name__}: {first}); "
+                          "a trusted file that weights_only refuses can be read with --trust-pickle") from e
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict):
         raise ConfigError(f"checkpoint {str(path)!r} holds no state dict (expected a dict with 'state_dict')")
