@@ -511,7 +511,16 @@ class PackedJob(_OnNode):
             raise RequeueLimitError(f"{self.step} packed job requeued {_restarts()} times, more than "
                                     f"slurm.max_requeues={self.cfg.slurm.max_requeues}; not running it again")
         packed.use_own_gpu(env.local_rank)
-        return packed.run_rank(self._ctx(), self.step, env.rank, env.world_size, self.tasks, self.spec)
+        ctx = self._ctx()
+        ends = log_dir(ctx, self.step) / f"{_element_id()}.restart{_restarts()}.ended"
+        try:
+            return packed.run_rank(ctx, self.step, env.rank, env.world_size, self.tasks, self.spec)
+        finally:
+            ends.mkdir(parents=True, exist_ok=True)
+            (ends / str(env.rank)).touch()
+            if env.rank == 0:  # submitit lets only rank 0 checkpoint and requeue: it stays while any rank works
+                while len(list(ends.iterdir())) < env.world_size:
+                    time.sleep(1)
 
 
 class StepJob(_OnNode):
