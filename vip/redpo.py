@@ -79,7 +79,7 @@ def prediction_type(scheduler) -> str:
 def flow_sigma(scheduler, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """Noise level of integer timestep t in a flow-matching model: sigma = t / T, the same map
     its samplers use (they feed the denoiser timestep = sigma * T), broadcastable to [B, ...]."""
-    sigma = t.float() / scheduler.config.num_train_timesteps
+    sigma = t.double() / scheduler.config.num_train_timesteps
     return sigma.reshape(-1, *([1] * (ndim - 1)))
 
 
@@ -87,8 +87,9 @@ def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor)
     """x_t at integer timesteps t [B]: the scheduler's own forward process for epsilon / v models;
     x_t = (1 - sigma) x0 + sigma * noise for flow-matching ones."""
     if prediction_type(scheduler) == "flow_prediction":
-        sigma = flow_sigma(scheduler, t, x0.ndim).to(x0.device)
-        return ((1 - sigma) * x0.float() + sigma * noise.float()).to(x0.dtype)
+        work = torch.promote_types(x0.dtype, torch.float32)  # at least float32, even for bf16 latents
+        sigma = flow_sigma(scheduler, t, x0.ndim).to(x0.device, work)
+        return ((1 - sigma) * x0.to(work) + sigma * noise.to(work)).to(x0.dtype)
     return scheduler.add_noise(x0, noise, t)
 
 

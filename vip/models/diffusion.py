@@ -170,7 +170,7 @@ class DiffusionVideoModel(VideoModel):
         for t in sched.timesteps:
             inp = torch.cat([x, x]) if guidance != 1.0 else x
             inp = sched.scale_model_input(inp, t)
-            out = self.predict(inp, t.expand(inp.shape[0]).to(self.device), text).float()
+            out = self.predict(inp.to(self.dtype), t.expand(inp.shape[0]).to(self.device), text).float()
             if guidance != 1.0:
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance * (cond - uncond)
@@ -201,7 +201,9 @@ class DiffusionVideoModel(VideoModel):
         """Family rules on frames / height / width (ConfigError naming the key)."""
 
     def to(self, device, dtype: torch.dtype | None = None) -> "DiffusionVideoModel":
-        self.denoiser.to(device=device, dtype=dtype)
+        """Denoiser and text encoder to `dtype` as a whole (the trainer trains in one dtype too);
+        torch's own .to, as diffusers' override warns about modules it would keep in float32."""
+        nn.Module.to(self.denoiser, device=device, dtype=dtype)
         self.text_encoder.to(device=device, dtype=dtype)
         if hasattr(self.codec, "vae"):
             self.codec.vae.to(device)

@@ -62,11 +62,12 @@ class MotionUNetModel(DiffusionVideoModel):
              backbone: str | None = None) -> "MotionUNetModel":
         """A directory save() wrote. `backbone`, when given, must be the family it records."""
         directory = Path(directory)
-        require_files(directory, [META_FILE, REMOVED_UNITS_FILE, "unet/config.json"],
+        require_files(directory, [META_FILE, REMOVED_UNITS_FILE],
                       "a saved motion-U-Net model (the layout MotionUNetModel.save writes)")
-        meta, removed = read_saved(directory, backbone)
+        meta, removed = read_saved(directory, backbone)  # the family first: its files are another question
         has_vae = (directory / "vae").is_dir()
-        require_files(directory, [f"unet/{weights_file(directory / 'unet')}", "scheduler/scheduler_config.json",
+        require_files(directory, ["unet/config.json", f"unet/{weights_file(directory / 'unet')}",
+                                  "scheduler/scheduler_config.json",
                                   "text_encoder/config.json", "tokenizer/tokenizer_config.json"]
                       + (["vae/config.json", f"vae/{weights_file(directory / 'vae')}"] if has_vae else []),
                       f"a saved {meta.get('backbone', 'toyvid')} model")

@@ -1,0 +1,224 @@
+"""AnimateDiff (v1-5-2 / v3 adapters, Lightning file) on tiny random configs of the same
+architecture, written to disk in the published layouts and loaded through the registry."""
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from safetensors.torch import save_file
+
+from vip import config
+from vip.config import ConfigError, ModelConfig
+from vip.models.base import UnknownUnitError
+from vip.models.motion_unet import motion_units
+from vip.models.registry import load_video_model
+from vip.redpo import pair_loss
+from vip.toyvid.text import build_text_encoder, build_tokenizer
+
+PROMPTS = ["a red circle moves left", "a blue square moves up"]
+SEEDS = [3, 4]
+FRAMES, SIZE = 4, 16
+UNITS = ["mid_block.motion_modules.0", "up_blocks.0.motion_modules.1"]
+
+
+def tiny_adapter(mid: bool, heads: int = 2, groups: int = 16) -> MotionAdapter:
+    return MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=heads,
+                         motion_norm_num_groups=groups, motion_max_seq_length=8, use_motion_mid_block=mid)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    """A tiny SD1.5 directory (unet/, vae/, text_encoder/, tokenizer/), a v1-5-2-like and a
+    v3-like adapter directory and a Lightning-style single file, as users download them."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("animatediff")
+    sd = root / "sd15"
+    UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, in_channels=4, out_channels=4, sample_size=16,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=16).save_pretrained(sd / "unet")
+    AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=16,
+                  layers_per_block=1, sample_size=SIZE).save_pretrained(sd / "vae")
+    build_text_encoder(hidden=16).save_pretrained(sd / "text_encoder")
+    build_tokenizer().save_pretrained(sd / "tokenizer")
+    tiny_adapter(mid=True).save_pretrained(root / "v152")
+    tiny_adapter(mid=False).save_pretrained(root / "v3")
+    # Lightning's published defaults: 8 heads, 32 groups (not readable from the tensors)
+    save_file(tiny_adapter(mid=True, heads=8, groups=32).state_dict(),
+              root / "animatediff_lightning_2step_diffusers.safetensors")
+    return root
+
+
+def cfg_for(dirs, adapter="v152", **kw) -> ModelConfig:
+    base = dict(backbone="animatediff", path=str(dirs / "sd15"), adapter=str(dirs / adapter), steps=2,
+                guidance=2.0, frames=FRAMES, height=SIZE, width=SIZE)
+    return ModelConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def model(dirs):
+    cfg = cfg_for(dirs)
+    return load_video_model(cfg, cfg.path)
+
+
+def test_units_are_the_adapters_motion_modules(model, dirs):
+    # 1 layer per block: 2 down + 1 mid + 2x2 up (diffusers' up blocks have layers+1) = 7
+    units = model.units()
+    assert len(units) == 7 and "mid_block.motion_modules.0" in units
+    assert units[0] == "down_blocks.0.motion_modules.0"
+    adapter = MotionAdapter.from_pretrained(dirs / "v152")
+    assert sum(model.unit_params().values()) == sum(p.numel() for p in adapter.parameters())
+    # the adapter's weights, not random ones, sit in the motion modules
+    got = model.unet.get_submodule("up_blocks.1.motion_modules.1").proj_in.weight
+    assert torch.equal(got, adapter.up_blocks[1].motion_modules[1].proj_in.weight)
+    v3 = load_video_model(cfg_for(dirs, "v3"), dirs / "sd15")
+    assert len(v3.units()) == 6 and not any(u.startswith("mid_block") for u in v3.units())
+    assert model.scheduler.config.beta_schedule == "linear" and model.scheduler.config.prediction_type == "epsilon"
+    assert model.latent_shape == (4, FRAMES, SIZE // 2, SIZE // 2)  # the tiny VAE downsamples 2x
+
+
+@pytest.fixture(scope="module")
+def baseline(model):
+    return model.sample_latents(PROMPTS, SEEDS)
+
+
+@pytest.fixture(scope="module")
+def without_units(model):
+    with model.disabled(UNITS):
+        assert not set(UNITS) & set(model.units())
+        return model.sample_latents(PROMPTS, SEEDS)
+
+
+def test_generation_is_fixed_by_seed_whatever_the_batch(model, baseline):
+    clips = model.decode(baseline)
+    assert clips.shape == (2, FRAMES, 3, SIZE, SIZE) and 0 <= clips.min() and clips.max() <= 1
+    assert clips.std() > 0.01  # a real decode, not a constant
+    alone = model.sample_latents(PROMPTS[1:], SEEDS[1:])
+    assert torch.allclose(baseline[1], alone[0], atol=1e-5)
+    assert (model.sample_latents(PROMPTS[:1], [99]) - baseline[:1]).abs().max() > 1e-3
+
+
+def test_disabled_changes_the_output_and_restores_it_exactly(model, baseline, without_units):
+    assert (without_units - baseline).abs().max() > 1e-3
+    assert set(UNITS) <= set(model.units())
+    assert torch.equal(model.sample_latents(PROMPTS, SEEDS), baseline)
+
+
+def test_pruned_drops_params_and_round_trips_bit_exact(model, dirs, tmp_path, without_units):
+    student = model.pruned(UNITS)
+    assert student.num_params() == model.num_params() - sum(model.unit_params()[u] for u in UNITS)
+    assert len(student.units()) == 5 and len(model.units()) == 7
+    got = student.sample_latents(PROMPTS, SEEDS)
+    assert torch.allclose(got, without_units, atol=1e-6)
+    student.save(tmp_path / "s")
+    assert json.loads((tmp_path / "s" / "removed_units.json").read_text()) == UNITS
+    assert json.loads((tmp_path / "s" / "vip_model.json").read_text())["backbone"] == "animatediff"
+    cfg = cfg_for(dirs, path=str(tmp_path / "s"), adapter="")  # a saved student needs no adapter
+    loaded = load_video_model(cfg, tmp_path / "s")
+    assert loaded.units() == student.units() and loaded.num_params() == student.num_params()
+    assert torch.equal(loaded.sample_latents(PROMPTS, SEEDS), got)
+    assert torch.equal(loaded.decode(got), student.decode(got))  # the VAE came back too
+
+
+def test_one_redpo_step_changes_weights_and_lowers_the_loss(model):
+    torch.manual_seed(0)
+    teacher, student = model, model.pruned(["up_blocks.1.motion_modules.0"])
+    policy = student.trainable_module().train().requires_grad_(True)
+    text = student.encode_prompts(PROMPTS)
+    x_w, x_l = torch.randn(2, *model.latent_shape), torch.randn(2, *model.latent_shape)
+    noise, t = torch.randn_like(x_w), torch.tensor([300, 700])
+
+    def loss():
+        return pair_loss(policy=lambda x, t_: student.predict(x, t_, text.repeat(2, 1, 1)),
+                         teacher=lambda x, t_: teacher.predict(x, t_, text.repeat(x.shape[0] // 2, 1, 1)),
+                         scheduler=student.scheduler, x_w=x_w, x_l=x_l, noise=noise, t=t, beta=500.0, w_sft=10.0)
+
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-4)
+    first = loss()
+    first.loss.backward()
+    opt.step()
+    assert max((p - before[n]).abs().max().item() for n, p in policy.named_parameters()) > 0
+    # the teacher's weights are the student's minus the pruned unit: untouched by the step
+    assert torch.equal(teacher.unet.conv_in.weight, before["conv_in.weight"])
+    with torch.no_grad():
+        assert loss().loss.item() < first.loss.item()
+
+
+def test_lightning_loads_the_single_file_with_its_sampler(dirs, tmp_path):
+    cfg = cfg_for(dirs, "animatediff_lightning_2step_diffusers.safetensors", backbone="animatediff_lightning",
+                  steps=2, guidance=1.0)
+    m = load_video_model(cfg, cfg.path)
+    assert len(m.units()) == 7
+    assert type(m.scheduler).__name__ == "EulerDiscreteScheduler"
+    s = m.scheduler.__class__.from_config(m.scheduler.config)
+    s.set_timesteps(2)
+    assert s.timesteps.tolist() == [999, 499]  # trailing spacing: 1000 - 1000/2 * k - 1
+    clips = m.generate(PROMPTS[:1], [1])
+    assert clips.shape == (1, FRAMES, 3, SIZE, SIZE)
+    with pytest.raises(ConfigError, match="distilled for 2 steps"):
+        load_video_model(cfg_for(dirs, "animatediff_lightning_2step_diffusers.safetensors",
+                                 backbone="animatediff_lightning", steps=4, guidance=1.0), cfg.path)
+    with pytest.raises(ConfigError, match="animatediff_lightning"):  # the file under the plain backbone
+        load_video_model(cfg_for(dirs, "animatediff_lightning_2step_diffusers.safetensors"), cfg.path)
+    m.pruned(["mid_block.motion_modules.0"]).save(tmp_path / "l")
+    again = load_video_model(ModelConfig(backbone="animatediff_lightning", steps=2, guidance=1.0,
+                                         frames=FRAMES, height=SIZE, width=SIZE), tmp_path / "l")
+    assert len(again.units()) == 6 and again.meta["distilled_steps"] == 2
+
+
+def test_a_missing_file_is_named(dirs, tmp_path):
+    shutil.copytree(dirs / "sd15", tmp_path / "sd15")
+    (tmp_path / "sd15" / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="vae/diffusion_pytorch_model.safetensors is missing"):
+        load_video_model(cfg_for(dirs, path=str(tmp_path / "sd15")), tmp_path / "sd15")
+    (tmp_path / "v152").mkdir()
+    (tmp_path / "v152" / "config.json").write_text((dirs / "v152" / "config.json").read_text())
+    with pytest.raises(ConfigError, match="diffusion_pytorch_model.safetensors is missing"):
+        load_video_model(cfg_for(dirs, str(tmp_path / "v152")), dirs / "sd15")
+
+
+def test_bad_input_is_one_clear_line(model, dirs, tmp_path):
+    with pytest.raises(ConfigError, match="float16 is a dtype the device 'cpu' cannot run"):
+        load_video_model(cfg_for(dirs, dtype="float16"), dirs / "sd15")
+    with pytest.raises(ConfigError, match="model.adapter"):
+        load_video_model(ModelConfig(backbone="animatediff", path=str(dirs / "sd15")), dirs / "sd15")
+    # a unit list from another family
+    with pytest.raises(UnknownUnitError, match="Wan transformer blocks"):
+        model.check_units(["blocks.3"])
+    student = model.pruned(["down_blocks.0.motion_modules.0"])
+    student.save(tmp_path / "s")
+    with pytest.raises(ConfigError, match="holds a 'animatediff' model"):
+        load_video_model(ModelConfig(backbone="wan2.1"), tmp_path / "s")
+    with pytest.raises(ConfigError, match="holds a 'animatediff' model"):
+        load_video_model(ModelConfig(backbone="toyvid"), tmp_path / "s")
+    (tmp_path / "s" / "removed_units.json").write_text('["blocks.3"]')
+    with pytest.raises(ConfigError, match="removed_units.json: 'blocks.3' is not a unit of this animatediff model"):
+        load_video_model(cfg_for(dirs), tmp_path / "s")
+
+
+def test_real_size_motion_modules_match_the_published_counts():
+    from vip.models.published_configs import MOTION_ADAPTER_V1_5_2, MOTION_ADAPTER_V3, SD15_UNET
+
+    counts = {}
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing downloaded
+        for name, adapter in (("v1-5-2", MOTION_ADAPTER_V1_5_2), ("v3", MOTION_ADAPTER_V3)):
+            unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(**SD15_UNET), MotionAdapter(**adapter),
+                                               load_weights=False)
+            units = motion_units(unet)
+            counts[name] = (len(units), sum(p.numel() for u in units for p in unet.get_submodule(u).parameters()))
+    assert counts["v1-5-2"][0] == 21 and abs(counts["v1-5-2"][1] / 1e6 - 453.2) <= 0.1  # the paper's 0.453B
+    assert counts["v3"][0] == 20
+
+
+def test_configs_load_with_the_papers_settings():
+    ad = config.load("configs/animatediff.yaml")
+    assert (ad.model.backbone, ad.model.steps, ad.model.guidance) == ("animatediff", 25, 7.5)
+    assert (ad.model.frames, ad.model.height, ad.model.width) == (16, 512, 512)
+    assert ad.select.k == 4 and ad.curate.alpha == 0.3 and ad.reward.name == "videoscore"
+    lt = config.load("configs/animatediff_lightning.yaml")
+    assert (lt.model.backbone, lt.model.steps, lt.model.guidance) == ("animatediff_lightning", 4, 1.0)
+    assert lt.model.adapter.endswith("animatediff_lightning_4step_diffusers.safetensors")
+    assert lt.select.k == 4 and lt.curate.alpha == 0.3

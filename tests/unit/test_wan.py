@@ -1,0 +1,190 @@
+"""Wan2.1 T2V on a tiny random config of the same architecture, written in the published
+Diffusers layout and loaded through the registry."""
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+from vip import config
+from vip.config import ConfigError, ModelConfig
+from vip.models.base import UnknownUnitError
+from vip.models.published_configs import WAN21_SCHEDULER, WAN21_T2V_1_3B_TRANSFORMER
+from vip.models.registry import load_video_model
+from vip.models.units import UNIT_PATTERNS, list_units
+from vip.redpo import pair_loss
+
+PROMPTS = ["a red circle moves left", "a blue square moves up"]
+SEEDS = [5, 6]
+FRAMES, SIZE = 5, 16  # the tiny VAE: 2x in time (1 + 2k frames), 2x in space
+UNITS = ["blocks.0", "blocks.2"]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    words = "a red blue circle square moves left up right down".split()
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def wan_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("wan") / "Wan2.1-T2V-tiny-Diffusers"
+    WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                          out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
+                          rope_max_seq_len=32).save_pretrained(d / "transformer")
+    AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[True],
+                     latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 2.0, 1.0]).save_pretrained(d / "vae")
+    UMT5EncoderModel(UMT5Config(vocab_size=16, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                                relative_attention_num_buckets=8)).save_pretrained(d / "text_encoder")
+    tiny_tokenizer().save_pretrained(d / "tokenizer")
+    UniPCMultistepScheduler(**{k: v for k, v in WAN21_SCHEDULER.items() if not k.startswith("_")}).save_pretrained(
+        d / "scheduler")
+    return d
+
+
+def cfg_for(path, **kw) -> ModelConfig:
+    return ModelConfig(**{**dict(backbone="wan2.1", path=str(path), steps=3, guidance=3.0, frames=FRAMES,
+                                 height=SIZE, width=SIZE), **kw})
+
+
+@pytest.fixture(scope="module")
+def model(wan_dir):
+    m = load_video_model(cfg_for(wan_dir), wan_dir)
+    m.meta["max_sequence_length"] = 16  # the tiny tokenizer's prompts are short
+    return m
+
+
+@pytest.fixture(scope="module")
+def baseline(model):
+    return model.sample_latents(PROMPTS, SEEDS)
+
+
+@pytest.fixture(scope="module")
+def without_units(model):
+    with model.disabled(UNITS):
+        assert model.units() == ["blocks.1"]
+        return model.sample_latents(PROMPTS, SEEDS)
+
+
+def test_units_are_the_transformer_blocks(model):
+    assert model.units() == ["blocks.0", "blocks.1", "blocks.2"]
+    per_block = sum(p.numel() for p in model.transformer.blocks[0].parameters())
+    assert model.unit_params() == {u: per_block for u in model.units()}
+    assert model.scheduler.config.prediction_type == "flow_prediction" and model.scheduler.config.flow_shift == 3.0
+    assert model.latent_shape == (4, 3, SIZE // 2, SIZE // 2)
+
+
+def test_prompt_states_are_zero_past_the_prompt(model):
+    text = model.encode_prompts(["a red circle", "a blue square moves up"])
+    assert text.shape == (2, 16, 16)
+    assert text[0, :3].abs().sum() > 0 and torch.equal(text[0, 3:], torch.zeros_like(text[0, 3:]))
+
+
+def test_generation_is_fixed_by_seed_whatever_the_batch(model, baseline):
+    clips = model.decode(baseline)
+    assert clips.shape == (2, FRAMES, 3, SIZE, SIZE) and 0 <= clips.min() and clips.max() <= 1 and clips.std() > 0.01
+    alone = model.sample_latents(PROMPTS[1:], SEEDS[1:])
+    assert torch.allclose(baseline[1], alone[0], atol=1e-5)
+    assert (model.sample_latents(PROMPTS[:1], [99]) - baseline[:1]).abs().max() > 1e-3
+
+
+def test_disabled_changes_the_output_and_restores_it_exactly(model, baseline, without_units):
+    assert (without_units - baseline).abs().max() > 1e-3
+    assert torch.equal(model.sample_latents(PROMPTS, SEEDS), baseline)
+
+
+def test_pruned_drops_params_and_round_trips_bit_exact(model, wan_dir, tmp_path, without_units):
+    student = model.pruned(UNITS)
+    assert student.num_params() == model.num_params() - sum(model.unit_params()[u] for u in UNITS)
+    assert student.units() == ["blocks.1"] and len(model.units()) == 3
+    got = student.sample_latents(PROMPTS, SEEDS)
+    assert torch.allclose(got, without_units, atol=1e-6)
+    student.save(tmp_path / "s")
+    assert json.loads((tmp_path / "s" / "removed_units.json").read_text()) == UNITS
+    assert json.loads((tmp_path / "s" / "vip_model.json").read_text())["backbone"] == "wan2.1"
+    loaded = load_video_model(cfg_for(tmp_path / "s"), tmp_path / "s")
+    assert loaded.units() == ["blocks.1"] and loaded.num_params() == student.num_params()
+    assert torch.equal(loaded.sample_latents(PROMPTS, SEEDS), got)
+    assert torch.equal(loaded.decode(got), student.decode(got))
+
+
+def test_one_redpo_step_changes_weights_and_lowers_the_loss(model):
+    torch.manual_seed(0)
+    teacher, student = model, model.pruned(["blocks.1"])
+    policy = student.trainable_module().train().requires_grad_(True)
+    text = student.encode_prompts(PROMPTS)
+    x_w, x_l = torch.randn(2, *model.latent_shape), torch.randn(2, *model.latent_shape)
+    noise, t = torch.randn_like(x_w), torch.tensor([300, 700])
+
+    def loss():
+        return pair_loss(policy=lambda x, t_: student.predict(x, t_, text.repeat(2, 1, 1)),
+                         teacher=lambda x, t_: teacher.predict(x, t_, text.repeat(x.shape[0] // 2, 1, 1)),
+                         scheduler=student.scheduler, x_w=x_w, x_l=x_l, noise=noise, t=t, beta=500.0, w_sft=10.0)
+
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-4)
+    first = loss()
+    first.loss.backward()
+    opt.step()
+    assert max((p - before[n]).abs().max().item() for n, p in policy.named_parameters()) > 0
+    assert torch.equal(teacher.transformer.proj_out.weight, before["proj_out.weight"])  # the teacher is untouched
+    with torch.no_grad():
+        assert loss().loss.item() < first.loss.item()
+
+
+def test_a_missing_file_is_named(wan_dir, tmp_path):
+    shutil.copytree(wan_dir, tmp_path / "w")
+    (tmp_path / "w" / "text_encoder" / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="text_encoder/model.safetensors is missing"):
+        load_video_model(cfg_for(tmp_path / "w"), tmp_path / "w")
+
+
+def test_bad_input_is_one_clear_line(model, wan_dir, tmp_path):
+    with pytest.raises(ConfigError, match="model.frames' must be 2k\\+1"):
+        load_video_model(cfg_for(wan_dir, frames=4), wan_dir)
+    with pytest.raises(ConfigError, match="float16 is a dtype the device 'cpu' cannot run"):
+        load_video_model(cfg_for(wan_dir, dtype="float16"), wan_dir)
+    with pytest.raises(UnknownUnitError, match="AnimateDiff motion modules"):
+        model.check_units(["mid_block.motion_modules.0"])
+    model.pruned(["blocks.1"]).save(tmp_path / "s")
+    with pytest.raises(ConfigError, match="holds a 'wan2.1' model .* model.backbone is 'animatediff'"):
+        load_video_model(ModelConfig(backbone="animatediff"), tmp_path / "s")
+    (tmp_path / "s" / "removed_units.json").write_text('["down_blocks.0.motion_modules.0"]')
+    with pytest.raises(ConfigError, match="removed_units.json: 'down_blocks.0.motion_modules.0' is not a unit "
+                                          "of this wan2.1 model \\(it names AnimateDiff motion modules\\)"):
+        load_video_model(cfg_for(tmp_path / "s"), tmp_path / "s")
+
+
+def wan_params_by_hand(d: int, ffn: int, layers: int, text: int = 4096, freq: int = 256, c: int = 16) -> tuple[int, int]:
+    """Parameters of the Wan2.1 DiT from its published shapes (independent of diffusers' code):
+    per block self- and cross-attention (q, k, v, o with bias, RMS q/k norms), the affine
+    cross-attention LayerNorm, the GELU FFN and the 6-way modulation table; outside the blocks
+    the patch embedding, time and text embedders, time projection, output head and table."""
+    block = 8 * (d * d + d) + 4 * d + 2 * d + (2 * d * ffn + ffn + d) + 6 * d
+    outside = (c * d * 4 + d) + (freq * d + d) + (d * d + d) + (d * 6 * d + 6 * d) + (text * d + d) + (d * d + d) \
+        + (d * c * 4 + c * 4) + 2 * d
+    return block, layers * block + outside
+
+
+def test_real_size_1_3b_matches_the_published_shape():
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing downloaded
+        w = WanTransformer3DModel(**WAN21_T2V_1_3B_TRANSFORMER)
+    blocks = list_units(w, UNIT_PATTERNS["Wan transformer blocks"])
+    assert blocks == [f"blocks.{i}" for i in range(30)]
+    block, total = wan_params_by_hand(d=12 * 128, ffn=8960, layers=30)
+    assert sum(p.numel() for p in w.blocks[0].parameters()) == block == 46_440_704
+    # published as "1.3B" (Wan-AI/Wan2.1-T2V-1.3B); the transformer alone holds 1.419B, 98% of it in blocks
+    assert sum(p.numel() for p in w.parameters()) == total == 1_418_996_800
+
+
+def test_config_loads_with_wans_settings():
+    c = config.load("configs/wan2.1_1.3b.yaml")
+    assert (c.model.backbone, c.model.steps, c.model.guidance) == ("wan2.1", 50, 5.0)
+    assert (c.model.frames, c.model.height, c.model.width) == (81, 480, 832)
+    assert c.select.k == 4 and c.curate.alpha == 0.3 and c.reward.name == "videoscore"
