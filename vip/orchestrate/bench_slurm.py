@@ -4,6 +4,9 @@
     the End of the last array task to the Start of the select job, from sacct.
 (b) re-run cost: a fresh leave-one-out array; half its tasks are cancelled while they run; submitting the
     step again must resubmit exactly those tasks. Reports the tasks and clips recomputed and the time.
+(c) with --packed R: the same leave-one-out step as an array and as one packed job of R ranks (two fresh
+    runs, one after the other): wall time from submission to the last task's end, device-seconds
+    (sacct elapsed x ranks), and whether the merged scores are equal bit for bit.
 
 A tiny toyvid config (4 units, select.k=1, 4 sampler steps, 6 prompts; tasks of 2 variants x 3 prompts:
 6 tasks, 30 clips), one CPU and one (fake) GPU per task. Prints the figures and a JSON line.
@@ -105,15 +108,53 @@ def rerun(root: Path, tag: str) -> dict:
             "first_array_wall_s": first_s, "rerun_wall_s": rerun_s}
 
 
+def packed_vs_array(root: Path, tag: str, ranks: int) -> dict:
+    import numpy as np
+
+    from vip.store import read_h5
+
+    out: dict = {}
+    merged = {}
+    for mode in ("array", "packed"):
+        ctx = _ctx(root, f"benchslurm{tag}c{mode}", [f"slurm.packed_ranks={ranks}"])
+        t0 = time.monotonic()
+        ids = (slurm.submit_packed if mode == "packed" else slurm.submit_array)(ctx, "loo")
+        slurm.wait(ids, timeout=900, poll=0.5)
+        wall = time.monotonic() - t0
+        time.sleep(2)  # let accounting record the last End
+        elements = list(slurm.ledger_for(ctx).elements("loo"))
+        acct = _sacct_times(elements)
+        device_s = sum((_t(acct[e][2]) - _t(acct[e][1])).total_seconds() for e in elements) * (
+            ranks if mode == "packed" else 1)
+        out[mode] = {"jobs": len(elements), "states": sorted({acct[e][0] for e in elements}),
+                     "wall_s": round(wall, 1), "device_s": device_s,
+                     "first_start_to_last_end_s": (max(_t(acct[e][2]) for e in elements)
+                                                   - min(_t(acct[e][1]) for e in elements)).total_seconds()}
+        merged[mode] = read_h5(loo.merge(ctx))[0]
+    out["tasks"] = len(loo.plan(ctx)["tasks"])
+    out["ranks"] = ranks
+    out["equal_bit_for_bit"] = bool(np.array_equal(merged["array"]["scores"], merged["packed"]["scores"]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", action="store_true", help="keep the run directories (printed)")
+    ap.add_argument("--packed", type=int, metavar="R", help="only (c): the array against one packed job of R ranks")
     args = ap.parse_args()
     slurm.check_client()
     root = Path(tempfile.mkdtemp(prefix="bench_slurm_"))
     tag = str(os.getpid())
     try:
         t0 = time.monotonic()
+        if args.packed:
+            c = packed_vs_array(root, tag, args.packed)
+            print(f"(c) {c['tasks']} leave-one-out tasks: array {c['array']['wall_s']:.0f} s wall "
+                  f"({c['array']['jobs']} jobs, {c['array']['device_s']:.0f} device-s), packed on {c['ranks']} ranks "
+                  f"{c['packed']['wall_s']:.0f} s wall (1 job, {c['packed']['device_s']:.0f} device-s); merged scores "
+                  f"equal bit for bit: {c['equal_bit_for_bit']}", flush=True)
+            print(json.dumps({"host": socket.gethostname(), "total_s": round(time.monotonic() - t0, 1), "packed": c}))
+            return
         a = latency(root, tag)
         print(f"(a) select started {a['select_after_last_loo_end_s']:.0f} s after the last LOO task ended "
               f"(sacct End -> Start; {a['loo_tasks']} tasks {','.join(a['loo_states'])} in {a['loo_wall_s']:.0f} s, "
