@@ -185,6 +185,10 @@ def test_bad_input_is_one_clear_line(model, dirs, tmp_path):
         load_video_model(cfg_for(dirs, dtype="float16"), dirs / "sd15")
     with pytest.raises(ConfigError, match="model.adapter"):
         load_video_model(ModelConfig(backbone="animatediff", path=str(dirs / "sd15")), dirs / "sd15")
+    with pytest.raises(ConfigError, match="model.frames' is 9 but the motion modules' positional table holds 8"):
+        load_video_model(cfg_for(dirs, frames=9), dirs / "sd15")
+    with pytest.raises(ConfigError, match="model.width' must be a multiple of 4"):  # VAE 2x, one U-Net downsample
+        load_video_model(cfg_for(dirs, width=18), dirs / "sd15")
     # a unit list from another family
     with pytest.raises(UnknownUnitError, match="Wan transformer blocks"):
         model.check_units(["blocks.3"])

@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, UNetMotionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from vip.config import ConfigError
 from vip.models.codec import SpaceToDepth, VaeCodec
 from vip.models.diffusion import (META_FILE, REMOVED_UNITS_FILE, DiffusionVideoModel, load_scheduler,
                                   quiet_transformers, read_saved, require_files, weights_file)
@@ -56,6 +57,17 @@ class MotionUNetModel(DiffusionVideoModel):
         frames = latents.shape[2]
         text = text.to(latents.dtype).repeat_interleave(frames, dim=0)
         return (denoiser or self.unet)(latents, t, encoder_hidden_states=text).sample
+
+    def check_shape(self) -> None:
+        f, h, w = self.meta["frames"], self.meta["height"], self.meta["width"]
+        most = self.unet.config.motion_max_seq_length
+        if f > most:
+            raise ConfigError(f"config key 'model.frames' is {f} but the motion modules' positional table "
+                              f"holds {most} frames")
+        step = self.codec.factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        for key, v in (("height", h), ("width", w)):
+            if v % step:
+                raise ConfigError(f"config key 'model.{key}' must be a multiple of {step} for this U-Net, got {v}")
 
     @classmethod
     def load(cls, directory: Path, device: str = "cpu", dtype: torch.dtype | None = None,
