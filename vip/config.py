@@ -48,6 +48,7 @@ class RewardConfig:
     name: str = "toyvid_score"
     path: str = ""  # a local checkpoint directory in the reward's published format
     frames: int = 0  # frames sampled per clip; 0 = the reward's published count
+    fps: float = 0.0  # frame rate of the scored clips (VideoReward samples 2 per second); 0 = 8 (AnimateDiff, VideoCrafter2)
     dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
     device: str = ""  # "" = model.device
     batch_size: int = 4  # clips per scoring forward
@@ -66,6 +67,11 @@ class LooConfig:
     units_per_task: int = 4  # one task loads the model once and evaluates this many variants
     prompts_per_task: int = 0  # 0 = all evaluation prompts in one task
     batch_size: int = 16
+    # Adaptive leave-one-out (vip.perf.adaptive): rounds on growing prompt subsets (adaptive_first,
+    # then doubling); a unit whose place in both rankings is settled stops being evaluated.
+    adaptive: bool = False
+    adaptive_z: float = 3.0  # confidence bound = mean +- z * standard error over the prompts seen
+    adaptive_first: int = 8  # prompts in the first round
 
 
 @dataclass
@@ -188,12 +194,12 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-_POSITIVE = {"loo.units_per_task", "loo.batch_size", "select.k", "model.steps", "prompts.seeds_per_prompt",
+_POSITIVE = {"loo.units_per_task", "loo.batch_size", "loo.adaptive_z", "loo.adaptive_first", "select.k", "model.steps", "prompts.seeds_per_prompt",
              "filter.prompts_per_task", "filter.concurrency", "filter.timeout_s", "curate.seeds_per_prompt",
              "curate.samples_per_task", "curate.batch_size", "train.epochs", "train.batch_size", "train.grad_accum",
              "train.lr", "train.beta", "train.keep_checkpoints", "train.nprocs",
              "reward.batch_size", "slurm.time", "slurm.cpu_time", "slurm.cpus_per_task", "slurm.nodes"}
-_NON_NEGATIVE = {"model.frames", "model.height", "model.width", "model.fps", "reward.frames", "prompts.eval_count", "loo.prompts_per_task", "runtime.threads", "filter.max_retries",
+_NON_NEGATIVE = {"model.frames", "model.height", "model.width", "model.fps", "reward.frames", "reward.fps", "prompts.eval_count", "loo.prompts_per_task", "runtime.threads", "filter.max_retries",
                  "curate.target_threshold", "curate.max_prompts", "curate.alpha", "train.w_sft", "train.min_lr",
                  "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.checkpoint_every",
                  "slurm.mem_gb", "slurm.gpus_per_node", "slurm.array_gpus", "slurm.array_parallelism",

@@ -7,7 +7,8 @@ unpreferred = student video, same prompt and seed) is kept when
   2. the unpreferred video's target score is at least mean - alpha * std of the candidate
      unpreferred set (alpha = 0.3), so the losers stay meaningful;
   3. the gap in every target aspect exceeds the gap in every other aspect, so no other
-     aspect dominates the preference.
+     aspect dominates the preference. An aspect that copies the same reward output as a
+     target (VideoReward's MQ fills both TC and DD) is not "another aspect": it always ties.
 """
 from __future__ import annotations
 
@@ -50,14 +51,18 @@ class Curation:
         return int(self.keep.sum())
 
 
-def curate(scores_w: np.ndarray, scores_l: np.ndarray, targets: list[str], alpha: float) -> Curation:
-    """scores_* [N, len(ASPECTS)] of preferred (teacher) and unpreferred (student) videos."""
+def curate(scores_w: np.ndarray, scores_l: np.ndarray, targets: list[str], alpha: float,
+           sources: dict[str, str] | None = None) -> Curation:
+    """scores_* [N, len(ASPECTS)] of preferred (teacher) and unpreferred (student) videos.
+    sources: aspect -> reward output it copies (RewardModel module's ASPECT_SOURCES)."""
     if scores_w.shape != scores_l.shape or scores_w.ndim != 2 or scores_w.shape[1] != len(ASPECTS):
         raise ValueError(f"scores must both be [N, {len(ASPECTS)}], got {scores_w.shape} and {scores_l.shape}")
     if not targets:
         raise ValueError("at least one target aspect is needed")
     t_idx = [ASPECTS.index(a) for a in targets]
-    o_idx = [i for i in range(len(ASPECTS)) if i not in t_idx]
+    sources = sources or {}
+    target_sources = {sources.get(a, a) for a in targets}
+    o_idx = [i for i, a in enumerate(ASPECTS) if i not in t_idx and sources.get(a, a) not in target_sources]
     gap = scores_w - scores_l
     n = len(scores_w)
     floors = {a: float(scores_l[:, i].mean() - alpha * scores_l[:, i].std()) if n else float("nan")

@@ -84,3 +84,21 @@ def test_a_larger_alpha_never_keeps_fewer_pairs(s_l, data, targets, a1, a2):
     kept_large = curate(s_w, s_l, targets, large).keep
     assert kept_large.sum() >= kept_small.sum()
     assert not (kept_small & ~kept_large).any()  # and it keeps every pair the smaller alpha kept
+
+
+def test_an_aspect_copying_the_targets_reward_output_is_not_a_rival():
+    # VideoReward's MQ fills temporal_consistency and dynamic_degree: their gaps always tie.
+    from vip.rewards.base import ASPECTS
+    from vip.rewards.registry import aspect_sources
+    tc, dd = ASPECTS.index("temporal_consistency"), ASPECTS.index("dynamic_degree")
+    w = np.full((3, len(ASPECTS)), 3.0)
+    l = np.full((3, len(ASPECTS)), 3.0)
+    l[:, tc] = l[:, dd] = [2.0, 2.5, 2.8]  # target gaps 1.0, 0.5, 0.2, copied into DD
+    l[2, ASPECTS.index("visual_quality")] = 2.5  # pair 2: a real rival (VQ gap 0.5 > 0.2)
+    sources = aspect_sources("videoreward")
+    assert sources["temporal_consistency"] == sources["dynamic_degree"]
+    plain = curate(w, l, ["temporal_consistency"], alpha=10.0)
+    shared = curate(w, l, ["temporal_consistency"], alpha=10.0, sources=sources)
+    assert plain.keep.tolist() == [False, False, False]  # the tie with its own copy rejects every pair
+    assert shared.keep.tolist() == [True, True, False]  # only the pair with a genuine rival goes
+    assert aspect_sources("toyvid_score") == {}

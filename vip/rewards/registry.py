@@ -23,3 +23,10 @@ def load_reward(cfg: RewardConfig) -> RewardModel:
     check_reward(cfg.name)
     module, func = REWARDS[cfg.name].split(":")
     return getattr(importlib.import_module(module), func)(cfg)
+
+
+def aspect_sources(name: str) -> dict[str, str]:
+    """Aspects that copy one reward output (aspect -> output name), from the reward module's
+    ASPECT_SOURCES; {} when every aspect is its own output. Reads no weights."""
+    check_reward(name)
+    return dict(getattr(importlib.import_module(REWARDS[name].split(":")[0]), "ASPECT_SOURCES", {}))

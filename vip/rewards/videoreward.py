@@ -87,8 +87,10 @@ FRAME_FACTOR = 2
 FPS_MIN_FRAMES = 4
 FPS_MAX_FRAMES = 768
 # The clips' frame rate, which the published code reads from the video file: AnimateDiff and
-# VideoCrafter2 clips are 16 frames played at 8 fps. Set reward.frames for other backbones.
+# VideoCrafter2 clips are 16 frames played at 8 fps; reward.fps sets it for other backbones (Wan2.1: 16).
 SOURCE_FPS = 8.0
+# MQ fills two of our aspects: curation must not ask one to out-gap its own copy (vip.curation).
+ASPECT_SOURCES = {"temporal_consistency": "motion_quality", "dynamic_degree": "motion_quality"}
 
 
 def chat_text(prompt: str, video_tokens: int) -> str:
@@ -171,9 +173,10 @@ class VideoReward(RewardModel):
     name = "videoreward"
 
     def __init__(self, net: VideoRewardNet, tokenizer, token_ids: list[int], settings: dict, device: torch.device,
-                 dtype: torch.dtype, batch_size: int, frames: int = 0):
+                 dtype: torch.dtype, batch_size: int, frames: int = 0, source_fps: float = SOURCE_FPS):
         self.net, self.tokenizer, self.token_ids = net.eval().requires_grad_(False), tokenizer, token_ids
         self.s, self.device, self.dtype, self.batch_size, self.frames = settings, device, dtype, batch_size, frames
+        self.source_fps = source_fps
 
     def frame_indices(self, total: int) -> list[int]:
         if self.frames:
@@ -181,7 +184,7 @@ class VideoReward(RewardModel):
             n = min(round(self.frames / FRAME_FACTOR) * FRAME_FACTOR, total)
         else:
             require_frames(total, FRAME_FACTOR, "VideoReward (published minimum)", key="model.frames")
-            n = published_frame_count(total, SOURCE_FPS, self.s["fps"])
+            n = published_frame_count(total, self.source_fps, self.s["fps"])
         return linspace_indices(total, n)
 
     def pixels(self, clips: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -360,4 +363,5 @@ def load(cfg: RewardConfig) -> VideoReward:
     with empty_init(device, dtype):
         net = VideoRewardNet(config, head_outputs)
     load_weights(net, loaders, shapes, source)
-    return VideoReward(net, tokenizer, token_ids, settings, device, dtype, cfg.batch_size, cfg.frames)
+    return VideoReward(net, tokenizer, token_ids, settings, device, dtype, cfg.batch_size, cfg.frames,
+                       cfg.fps or SOURCE_FPS)

@@ -20,6 +20,7 @@ from vip.curation import curate as apply_rules
 from vip.models.base import VideoModel
 from vip.plots import curation_chart
 from vip.rewards.base import ASPECTS, as_matrix
+from vip.rewards.registry import aspect_sources
 from vip.steps import filter as prompt_filter
 from vip.steps import target
 from vip.steps.context import StageContext
@@ -158,7 +159,7 @@ def curate(ctx: StageContext) -> dict:
     teacher = _read_side(teacher_shards(ctx, planned), planned, ctx.teacher_sha256)
     student = _read_side(student_shards(ctx), planned, planned["student_sha256"])
     targets, alpha = planned["targets"], ctx.cfg.curate.alpha
-    result = apply_rules(teacher["scores"], student["scores"], targets, alpha)
+    result = apply_rules(teacher["scores"], student["scores"], targets, alpha, aspect_sources(ctx.cfg.reward.name))
     keep = np.flatnonzero(result.keep)
     # exact duplicates (a prompt listed twice in the source gives the same pair twice) are kept once
     seen, unique = set(), []
