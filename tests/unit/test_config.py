@@ -89,7 +89,7 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
     (["loo.units=down_blocks.9.motion_modules.0"], "down_blocks.9.motion_modules.0"),
     (["prompts.eval=/nonexistent/prompts.txt"], "/nonexistent/prompts.txt"),
     (["model.path=/nonexistent/model"], "/nonexistent/model"),
-    (["model.path=/tmp"], "is not a toyvid model"),
+    (["model.path=/tmp"], "vip_model.json is missing"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, untrained_dir, args, words):
     run_dir = tmp_path / "run"
