@@ -2,6 +2,14 @@
 
     python -m vip.bench loo --config configs/toyvid.yaml [--variants 5] [section.key=value ...]
     python -m vip.bench train --config configs/toyvid.yaml [--steps 10] [section.key=value ...]
+    python -m vip.bench gpu-loo [--size 256] [--frames 16] [--steps 25] [--compile] [--json out.json]
+    python -m vip.bench gpu-train [--size 256] [--frames 16] [--json out.json]
+    python -m vip.bench adaptive [--tables runs/demo2/stage1/loo.h5 ...]
+
+`gpu-loo` and `gpu-train` build AnimateDiff at its published size (SD1.5 U-Net + v1-5-2 motion
+adapter, random weights, nothing downloaded; `--scale N` divides every width, for the CPU test
+path) and print the denoiser, leave-one-out end to end against the diffusers pipeline loop, and
+ReDPO steps per configuration, with MFU (FLOPs from torch.utils.flop_counter).
 
 `loo` times leave-one-out evaluation as vip runs it (model loaded once, units switched
 off in place, batched generation) against the loop a user would otherwise write with
@@ -187,16 +195,126 @@ def bench_train(args) -> None:
               f"first loss {r['first_loss']:.6g}   ({TRAIN_MODES[r['mode']]})")
 
 
+def _machine(device: str) -> str:
+    import diffusers
+
+    gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
+    return (f"machine: {platform.machine()} {os.cpu_count()} cpus{gpu}; torch {torch.__version__}, "
+            f"diffusers {diffusers.__version__}; date {time.strftime('%Y-%m-%d')}")
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def _dump(args, result: dict) -> None:
+    if args.json:
+        import json
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
+def bench_gpu_loo(args) -> dict:
+    from vip.perf import gpu_bench
+    from vip.perf.fast_loo import FastLoo, FastLooOptions
+    from vip.perf.standin_reward import StandInReward
+
+    shape = gpu_bench.Shape(args.frames, args.size, args.size, args.steps, args.guidance, args.scale)
+    model, parts = gpu_bench.build(shape, args.device)
+    cuda = args.device.startswith("cuda")
+    opts = FastLooOptions(batch_clips=args.batch_clips, dtype="bfloat16" if cuda else "float32",
+                          channels_last=cuda, compile=args.compile)
+    print(_machine(args.device))
+    print(f"model: {model.num_params() / 1e6:.1f}M denoiser parameters, {len(model.units())} units; "
+          f"{shape.frames}x{shape.height}x{shape.width}, {shape.steps} DDIM steps, CFG {shape.guidance}")
+    den = [gpu_bench.bench_denoiser_baseline(model, args.iters)]
+    if args.compile:  # the same levers without compilation, for the split
+        with FastLoo(model, StandInReward(), FastLooOptions(**{**vars(opts), "compile": False})) as eager:
+            den.append(gpu_bench.bench_denoiser(eager, 2 * args.batch_clips, den[0]["tflop_per_sample"], args.iters))
+    with FastLoo(model, StandInReward(), opts) as fl:
+        den.append(gpu_bench.bench_denoiser(fl, 2 * args.batch_clips, den[0]["tflop_per_sample"], args.iters))
+        print(f"denoiser (peak assumed: {den[0]['peak_assumed']}):")
+        for r in den:
+            print(f"  {r['what']:45s} batch {r['batch']:3d}  {1e3 * r['s_per_forward']:8.1f} ms/forward  "
+                  f"{r['samples_per_s']:7.2f} samples/s  {r['tflop_per_forward']:7.2f} TFLOP  "
+                  f"MFU {_fmt(r['mfu'] and 100 * r['mfu'], '5.1f')}%  peak {_fmt(r['peak_gb'], '.1f')} GB"
+                  + (f"  first call {r['first_call_s']:.0f} s" if "first_call_s" in r else ""))
+        loo = gpu_bench.bench_loo(fl, parts, shape, args.prompts, args.baseline_variants)
+    v, b = loo["vip"], loo["baseline"]
+    print(f"leave-one-out end to end ({args.prompts} prompts, stand-in reward, same seeds):")
+    print(f"  vip      {v['clips_per_s']:7.3f} clips/s  {v['variants']} variants, {v['clips']} clips in {v['seconds']:.1f} s"
+          f"  split " + ", ".join(f"{k} {t:.1f}s" for k, t in v["split_s"].items())
+          + (f"  (compiled before: {den[-1]['first_call_s']:.0f} s)" if args.compile else ""))
+    print(f"  baseline {b['clips_per_s']:7.3f} clips/s  {b['variants']} variants, {b['clips']} clips in {b['seconds']:.1f} s"
+          f"  (build {b['split_s']['build']:.1f} s; {b['clips_per_s_without_build']:.3f} clips/s without it)")
+    print(f"  speed-up {loo['speedup']:.2f}x; max score difference {loo['max_score_diff_vs_baseline']:.3g}")
+    result = {"shape": vars(shape), "denoiser": den, "loo": loo}
+    _dump(args, result)
+    return result
+
+
+REDPO_CONFIGS = [  # the first has no checkpointing: its step gives the model FLOPs
+    {"name": "plain AdamW, bf16 autocast", "pairs": 2, "optimizer": "adamw"},
+    {"name": "plain AdamW + checkpointing every block", "pairs": 8, "optimizer": "adamw", "checkpointing": True},
+    {"name": "plain AdamW + checkpointing every block", "pairs": 16, "optimizer": "adamw", "checkpointing": True},
+    {"name": "plain AdamW + checkpointing every block", "pairs": 32, "optimizer": "adamw", "checkpointing": True},
+    {"name": "DeepSpeed ZeRO-2 bf16 + every block", "pairs": 16, "optimizer": "zero2", "checkpointing": True},
+]
+
+
+def bench_gpu_train(args) -> list:
+    from vip.perf import gpu_bench
+
+    shape = gpu_bench.Shape(args.frames, args.size, args.size, args.steps, args.guidance, args.scale)
+    model, parts = gpu_bench.build(shape, args.device)
+    del parts  # the pipeline's U-Net 2D and adapter: not needed here, and 5 GB
+    configs = [c for c in REDPO_CONFIGS if args.optimizers is None or c["optimizer"] in args.optimizers.split(",")]
+    if args.max_pairs:
+        configs = [dict(c, pairs=min(c["pairs"], args.max_pairs)) for c in configs]
+    rows = gpu_bench.bench_redpo(model, configs, args.iters, args.device)
+    print(_machine(args.device))
+    print(f"ReDPO step, {model.num_params() / 1e6:.1f}M policy + frozen bf16 teacher (reference and SFT target), "
+          f"{shape.frames}x{shape.height}x{shape.width}; peak assumed: {rows[0]['peak_assumed']}")
+    for r in rows:
+        print(f"  {r['name']:42s} {r['pairs']:3d} pairs  {_fmt(r['pairs_per_s'], '6.2f')} pairs/s  "
+              f"{_fmt(r['s_per_step'], '6.3f')} s/step  MFU {_fmt(r['mfu'] and 100 * r['mfu'], '5.1f')}%  "
+              f"peak {_fmt(r['peak_gb'], '.1f') if r['peak_gb'] != 'OOM' else 'OOM'} GB" + (f"  {r['error']}" if "error" in r else ""))
+    _dump(args, {"shape": vars(shape), "redpo": rows})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["loo", "train", "train-one"])
-    ap.add_argument("--steps", type=int, default=10, help="train: timed optimizer steps per configuration")
+    ap.add_argument("what", choices=["loo", "train", "train-one", "gpu-loo", "gpu-train", "adaptive"])
+    g = ap.add_argument_group("gpu-loo / gpu-train (AnimateDiff size, random weights)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--size", type=int, default=256)
+    g.add_argument("--frames", type=int, default=16)
+    g.add_argument("--guidance", type=float, default=7.5)
+    g.add_argument("--scale", type=int, default=1, help="divide every width by this (CPU tests)")
+    g.add_argument("--batch-clips", type=int, default=16, help="leave-one-out jobs per denoiser batch")
+    g.add_argument("--prompts", type=int, default=4)
+    g.add_argument("--baseline-variants", type=int, default=3, help="the pipeline loop runs full + this many minus one")
+    g.add_argument("--compile", action="store_true")
+    g.add_argument("--iters", type=int, default=10)
+    g.add_argument("--optimizers", default=None, help="gpu-train: only these (adamw,zero2)")
+    g.add_argument("--max-pairs", type=int, default=0)
+    g.add_argument("--json", default="")
+    g.add_argument("--tables", nargs="*", default=None, help="adaptive: recorded loo.h5 files")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train: timed optimizer steps per configuration (10); gpu-*: DDIM steps (25)")
     ap.add_argument("--mode", choices=list(TRAIN_MODES), help=argparse.SUPPRESS)
     ap.add_argument("--config", default="configs/toyvid.yaml")
     ap.add_argument("--variants", type=int, default=5, help="full model + this many minus one units")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args()
     with fail_cleanly():
+        if args.what.startswith("gpu-"):
+            args.steps = args.steps or 25
+            return bench_gpu_loo(args) if args.what == "gpu-loo" else bench_gpu_train(args)
+        if args.what == "adaptive":
+            from vip.perf.adaptive import bench_adaptive
+            return bench_adaptive(args)
+        args.steps = args.steps or 10
         if args.what == "train":
             return bench_train(args)
         cfg = vip_config.load(args.config, args.overrides)

@@ -1,0 +1,104 @@
+"""The GPU benchmark code on the CPU at tiny widths (AnimateDiff's layout, every width / 8), so
+it cannot rot: gated leave-one-out equals switching units off one variant at a time, our sampler
+equals diffusers' AnimateDiffPipeline, and the ReDPO bench trains."""
+import numpy as np
+import pytest
+import torch
+
+from vip.evaluate import evaluate
+from vip.models.gates import UnitGates
+from vip.perf import gpu_bench
+from vip.perf.fast_loo import FULL, FastLoo, FastLooOptions
+from vip.perf.flops import mfu, peak_flops
+from vip.perf.standin_reward import StandInReward
+
+SHAPE = gpu_bench.Shape(frames=2, height=64, width=64, steps=2, guidance=7.5, scale=8)
+PROMPTS = gpu_bench.PROMPTS[:2]
+SEEDS = [11, 12]
+
+
+@pytest.fixture(scope="module")
+def built():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: more threads only fight the other processes on this machine
+    yield gpu_bench.build(SHAPE, "cpu")
+    torch.set_num_threads(threads)
+
+
+def test_real_layout_at_scale_one_has_the_published_counts():
+    # parameter counts without allocating: SD1.5 U-Net + v1-5-2 adapter = 1312.7M, 21 motion modules
+    from diffusers import UNetMotionModel
+
+    from vip.models.motion_unet import motion_units
+    from vip.perf import real_configs
+    with torch.device("meta"):
+        unet = UNetMotionModel.from_unet2d(real_configs.unet2d(), real_configs.motion_adapter())
+    assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == 1312.7
+    assert len(motion_units(unet)) == 21
+
+
+def test_gated_variants_in_shared_batches_equal_units_off_one_at_a_time(built):
+    model, _ = built
+    variants = [FULL] + model.units()[:3]
+    reward = StandInReward()
+    ref = np.stack([evaluate(model, reward, PROMPTS, SEEDS, 2, [] if v == FULL else [v]) for v in variants])
+    with FastLoo(model, reward, FastLooOptions(batch_clips=3)) as fl:  # batches mix variants
+        got = fl.run(variants, PROMPTS, SEEDS)
+    assert np.abs(ref[1:] - ref[0]).max() > 1e-3  # removing a unit changes the scores: the check has teeth
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert all(type(m).__name__ != "GatedUnit" for m in model.unet.modules())  # gates gone on exit
+
+
+def test_our_sampler_is_the_diffusers_pipeline_loop(built):
+    model, parts = built
+    variants = [FULL, model.units()[5]]
+    reward = StandInReward()
+    base, times = gpu_bench.pipeline_loo(parts, variants, PROMPTS, SEEDS, SHAPE, reward, "cpu")
+    with FastLoo(model, reward, FastLooOptions(batch_clips=4)) as fl:
+        ours = fl.run(variants, PROMPTS, SEEDS, SHAPE.steps, SHAPE.guidance)
+    assert np.abs(base[1] - base[0]).max() > 1e-3
+    np.testing.assert_allclose(ours, base, atol=1e-5)
+    assert times["build"] > 0 and times["generate_and_score"] > 0
+
+
+def test_gate_mask_is_updated_in_place(built):
+    model, _ = built
+    units = model.units()
+    gates = UnitGates(model.unet, units)
+    try:
+        gates.set([[units[0]], []], "cpu")
+        first = gates.mask.keep
+        gates.set([[], [units[3]]], "cpu")
+        assert gates.mask.keep is first  # a compiled graph keeps reading the same input tensor
+        assert first.tolist()[1][3] is False and first[0].all() and first.sum() == 2 * len(units) - 1
+        with pytest.raises(KeyError, match="no gate"):
+            gates.set([["nope"]], "cpu")
+    finally:
+        gates.remove()
+    assert model.units() == units
+
+
+def test_redpo_bench_trains_the_policy_and_not_the_teacher(built):
+    model, _ = built
+    before = {n: p.detach().clone() for n, p in model.unet.named_parameters()}
+    configs = [{"name": "plain", "pairs": 1, "optimizer": "adamw"},
+               {"name": "checkpointed", "pairs": 2, "optimizer": "adamw", "checkpointing": True}]
+    rows = gpu_bench.bench_redpo(model, configs, steps=1, device="cpu")
+    changed = sum(not torch.equal(before[n], p) for n, p in model.unet.named_parameters())
+    assert changed > 0.5 * len(before)
+    assert rows[0]["pairs_per_s"] > 0 and rows[1]["pairs_per_s"] > 0
+    # model FLOPs per pair come from the non-checkpointed step and scale with the batch
+    assert rows[1]["tflop_per_step"] == pytest.approx(2 * rows[0]["tflop_per_step"])
+
+
+def test_forward_flops_scale_with_the_batch(built):
+    model, _ = built
+    assert gpu_bench.forward_flops(model, 4) == 2 * gpu_bench.forward_flops(model, 2) > 0
+
+
+def test_peak_and_mfu():
+    assert peak_flops("NVIDIA H100 80GB HBM3")[1] == 989e12
+    assert peak_flops("NVIDIA H100 PCIe")[1] == 756e12
+    assert peak_flops("NVIDIA H200")[1] == 989e12
+    assert mfu(494.5e12, 1.0, 989e12) == pytest.approx(0.5)
+    assert mfu(1.0, 1.0, None) is None

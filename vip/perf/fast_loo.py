@@ -1,0 +1,139 @@
+"""Leave-one-out generation with every variant in shared batches.
+
+One model, gated units (vip.models.gates): a batch holds (variant, prompt) jobs of any
+variants, its CFG halves run as one forward, the text of each prompt is encoded once for all
+variants, and the denoiser may be cast (bf16), laid out channels-last and compiled once.
+Works through the VideoModel attributes a U-Net family exposes (unet, encode_prompts,
+initial_noise, predict, scheduler, decode, meta).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vip.models.gates import UnitGates
+from vip.rewards.base import as_matrix
+
+FULL = "<full>"
+
+
+@dataclass
+class FastLooOptions:
+    batch_clips: int = 16  # (variant, prompt) jobs per denoiser batch; CFG doubles the U-Net batch
+    dtype: str = "float32"  # denoiser and text encoder dtype while sampling: float32 | bfloat16 | float16
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the gated U-Net once; the last batch is padded to keep one shape
+
+
+class FastLoo:
+    def __init__(self, model, reward, opts: FastLooOptions = FastLooOptions(), units: list[str] | None = None):
+        self.model, self.reward, self.opts = model, reward, opts
+        self.units = list(units if units is not None else model.units())
+        self.dtype = getattr(torch, opts.dtype)
+        self.timings: dict[str, float] = {}
+        self.gates = None
+        self.denoiser = None
+
+    # the gates live only while the engine is open: the model's tree is unchanged outside
+    def __enter__(self):
+        unet = self.model.unet
+        self._restore = (next(unet.parameters()).dtype, next(self.model.text_encoder.parameters()).dtype)
+        if self._restore[0] != self.dtype:  # casting to the same dtype makes diffusers warn
+            unet.to(self.dtype)
+        if self._restore[1] != self.dtype:
+            self.model.text_encoder.to(self.dtype)
+        if self.opts.channels_last:
+            unet.to(memory_format=torch.channels_last)
+        self.gates = UnitGates(unet, self.units)
+        if self.opts.compile:
+            compiled = torch.compile(unet, dynamic=False)
+            # a plain callable: predict() tests `denoiser or self.unet`, and a compiled module has no len()
+            self.denoiser = lambda *a, **k: compiled(*a, **k)
+        else:
+            self.denoiser = unet
+        return self
+
+    def __exit__(self, *exc):
+        self.gates.remove()
+        if self.opts.channels_last:
+            self.model.unet.to(memory_format=torch.contiguous_format)
+        if self._restore[0] != self.dtype:
+            self.model.unet.to(self._restore[0])
+        if self._restore[1] != self.dtype:
+            self.model.text_encoder.to(self._restore[1])
+        self.denoiser = None
+
+    def _timed(self, key):
+        dev = self.model.device
+
+        class _T:
+            def __enter__(s):
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                s.t0 = time.perf_counter()
+
+            def __exit__(s, *exc):
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - s.t0
+        return _T()
+
+    @torch.no_grad()
+    def sample(self, offs: list[list[str]], text: torch.Tensor, uncond: torch.Tensor | None, seeds: list[int],
+               steps: int, guidance: float) -> torch.Tensor:
+        """Final latents for a batch of jobs: job b has units offs[b] off, conditioning text[b]."""
+        m = self.model
+        sched = copy.deepcopy(m.scheduler)
+        sched.set_timesteps(steps)
+        cfg = guidance != 1.0
+        if cfg:
+            text = torch.cat([uncond.expand(len(seeds), -1, -1), text])
+        self.gates.set(offs + offs if cfg else offs, m.device)
+        x = m.initial_noise(seeds) * sched.init_noise_sigma
+        for t in sched.timesteps:
+            inp = torch.cat([x, x]) if cfg else x
+            inp = sched.scale_model_input(inp, t).to(self.dtype)
+            out = m.predict(inp, t.expand(inp.shape[0]).to(m.device), text, denoiser=self.denoiser).float()
+            if cfg:
+                u, c = out.chunk(2)
+                out = u + guidance * (c - u)
+            x = sched.step(out, t, x).prev_sample
+        return x.float()
+
+    def run(self, variants: list[str], prompts: list[str], seeds: list[int], steps: int | None = None,
+            guidance: float | None = None) -> np.ndarray:
+        """Scores [variants, prompts, aspects]; variant FULL = nothing off, else that one unit off."""
+        m = self.model
+        steps = steps or m.meta.get("steps", 10)
+        guidance = m.meta.get("guidance", 1.0) if guidance is None else guidance
+        uniq = list(dict.fromkeys(prompts))
+        with self._timed("text"):  # once per prompt for every variant
+            emb = m.encode_prompts(uniq).to(self.dtype)
+            uncond = m.encode_prompts([""]).to(self.dtype) if guidance != 1.0 else None
+        row = {p: i for i, p in enumerate(uniq)}
+        jobs = [(vi, pi) for vi in range(len(variants)) for pi in range(len(prompts))]
+        rows = []
+        bs = self.opts.batch_clips
+        for lo in range(0, len(jobs), bs):
+            batch = jobs[lo:lo + bs]
+            real = len(batch)
+            if self.opts.compile:  # one shape for one graph
+                batch = batch + [batch[-1]] * (bs - real)
+            offs = [[] if variants[vi] == FULL else [variants[vi]] for vi, _ in batch]
+            text = emb[[row[prompts[pi]] for _, pi in batch]]
+            with self._timed("denoise"):
+                lat = self.sample(offs, text, uncond, [seeds[pi] for _, pi in batch], steps, guidance)
+            with self._timed("decode"):
+                clips = m.decode(lat[:real])
+            with self._timed("score"):
+                rows.append(as_matrix(self.reward.score(clips, [prompts[pi] for _, pi in batch[:real]])))
+        self.gates.clear()
+        scores = np.concatenate(rows)
+        out = np.zeros((len(variants), len(prompts), scores.shape[1]), dtype=np.float32)
+        for (vi, pi), s in zip(jobs, scores):
+            out[vi, pi] = s
+        return out
