@@ -24,13 +24,21 @@ def run(ctx: StageContext) -> dict:
     trained_dir = final_path(ctx.run, ctx.stage)
     if not (trained_dir / "removed_units.json").is_file():
         raise IncompleteError(f"stage {ctx.stage} has no trained student at {trained_dir}; run training first")
+    record = score_trained(ctx, tgt, trained_dir)
+    atomic_write_json(outcome_path(ctx), record)
+    return record
+
+
+def score_trained(ctx: StageContext, tgt: dict, trained_dir: Path) -> dict:
+    """The outcome record of the student in `trained_dir` (a trainer's final/, beside its done.json):
+    its scores on the evaluation set beside the full and pruned scores of `tgt` (target.json)."""
     trained = load_video_model(ctx.cfg.model, trained_dir)
     done = json.loads((trained_dir.parent / "done.json").read_text())
     if done.get("skipped"):  # the untrained pruned student: its scores are the target step's
         redpo = dict(tgt["pruned"])
     else:
         redpo = mean_scores(ctx.score_eval_set(trained))
-    record = {
+    return {
         "stage": ctx.stage, "targets": tgt["targets"],
         "full": tgt["teacher"], "pruned": tgt["pruned"], "redpo": redpo,
         "training": done.get("skipped") or f"{done['steps']} steps on {done['pairs']} pairs",
@@ -38,8 +46,6 @@ def run(ctx: StageContext) -> dict:
         "removed_units": json.loads((trained_dir / "removed_units.json").read_text()),
         "config_sha256": ctx.cfg.hash(),
     }
-    atomic_write_json(outcome_path(ctx), record)
-    return record
 
 
 def load(ctx: StageContext) -> dict | None:
