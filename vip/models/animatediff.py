@@ -112,12 +112,20 @@ def build(path: Path, cfg: ModelConfig, scheduler, backbone: str, extra_meta: di
     codec = VaeCodec(AutoencoderKL.from_pretrained(path / "vae"))
     meta = {"backbone": backbone, **DEFAULTS, **(extra_meta or {})}
     model = MotionUNetModel(unet, text_encoder, tokenizer, scheduler, codec, meta)
-    return model.to(cfg.device, dtype).configure(cfg)
+    return for_training(model.to(cfg.device, dtype).configure(cfg))
 
 
 def load_saved(path: Path, cfg: ModelConfig, backbone: str) -> MotionUNetModel:
     model = MotionUNetModel.load(path, cfg.device, resolve_dtype(cfg.dtype, cfg.device), backbone=backbone)
-    return model.configure(cfg)
+    return for_training(model.configure(cfg))
+
+
+def for_training(model: MotionUNetModel) -> MotionUNetModel:
+    """Gradient checkpointing (active only when gradients are): one ReDPO pair (2 clips of
+    16x512x512) took 54.6 GiB of activations without it and 31.1 GiB with it, for 14% more
+    step time (H100, bf16); without it the optimizer state no longer fits beside them."""
+    model.unet.enable_gradient_checkpointing()
+    return model
 
 
 def load(path: Path, cfg: ModelConfig) -> MotionUNetModel:
