@@ -67,11 +67,10 @@ class LooConfig:
     units_per_task: int = 4  # one task loads the model once and evaluates this many variants
     prompts_per_task: int = 0  # 0 = all evaluation prompts in one task
     batch_size: int = 16
-    # Adaptive leave-one-out (vip.perf.adaptive): rounds on growing prompt subsets (adaptive_first,
-    # then doubling); a unit whose place in both rankings is settled stops being evaluated.
-    adaptive: bool = False
-    adaptive_z: float = 3.0  # confidence bound = mean +- z * standard error over the prompts seen
-    adaptive_first: int = 8  # prompts in the first round
+    # plain: one batch per variant (units toggled in place). batched: vip.perf.fast_loo, gated units so
+    # (variant, prompt) jobs of several variants share a batch and one compiled graph serves them all.
+    engine: str = "plain"
+    compile: bool = False  # engine=batched: torch.compile the gated denoiser once per task (CUDA)
 
 
 @dataclass
@@ -194,7 +193,7 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-_POSITIVE = {"loo.units_per_task", "loo.batch_size", "loo.adaptive_z", "loo.adaptive_first", "select.k", "model.steps", "prompts.seeds_per_prompt",
+_POSITIVE = {"loo.units_per_task", "loo.batch_size", "select.k", "model.steps", "prompts.seeds_per_prompt",
              "filter.prompts_per_task", "filter.concurrency", "filter.timeout_s", "curate.seeds_per_prompt",
              "curate.samples_per_task", "curate.batch_size", "train.epochs", "train.batch_size", "train.grad_accum",
              "train.lr", "train.beta", "train.keep_checkpoints", "train.nprocs",
@@ -207,6 +206,7 @@ _NON_NEGATIVE = {"model.frames", "model.height", "model.width", "model.fps", "re
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _CHOICES = {"filter.backend": ("toyvid", "gemini"), "train.reference": ("teacher", "student"),
             "train.sft_target": ("teacher", "noise"), "train.loss": ("redpo", "sft", "dpo"),
+            "loo.engine": ("plain", "batched"),
             "model.dtype": _DTYPES, "reward.dtype": _DTYPES}
 
 

@@ -112,3 +112,29 @@ def test_a_task_stopped_mid_way_resumes_after_the_variants_it_finished(ctx, monk
     assert not loo.partial_dir(ctx, 0).exists()
     shard, _ = read_h5(loo.shards(ctx).shard(0))
     np.testing.assert_allclose(shard["scores"][0], real(ctx, [], 0, 2), atol=1e-5)
+
+
+def test_batched_engine_matches_the_plain_one_and_resumes_from_partials(tmp_path):
+    def make(name, engine):  # the shipped teacher: an untrained model scores every clip at the floor
+        cfg = config.load(None, ["model.steps=4", "prompts.eval_count=2",
+                                 "loo.units=down_blocks.1.motion_modules.1,mid_block.motion_modules.0,"
+                                 "up_blocks.2.motion_modules.2",
+                                 "loo.units_per_task=4", "loo.batch_size=4", f"loo.engine={engine}",
+                                 "select.k=1", "runtime.progress=false"])
+        return driver.preflight(cfg, RunDir(tmp_path / name), 1)
+
+    plain, batched = make("plain", "plain"), make("batched", "batched")
+    loo.run_task(plain, 0)
+    # a preempted batched task: variant 3's partial is already there, so only 0-2 are generated
+    kept = loo.evaluate(plain, ["up_blocks.2.motion_modules.2"], 0, 2)
+    part = loo.partial_dir(batched, 0)
+    part.mkdir(parents=True)
+    np.save(part / "003.npy", kept + 0.5)  # marked: if reused as-is, the shard shows +0.5
+    loo.run_task(batched, 0)
+    a, _ = read_h5(loo.shards(plain).shard(0))
+    b, _ = read_h5(loo.shards(batched).shard(0))
+    assert a["variants"].tolist() == b["variants"].tolist()
+    # variants 0-2 ran in mixed batches (2 variants x 2 prompts per batch), yet score like one variant at a time
+    np.testing.assert_allclose(b["scores"][:3], a["scores"][:3], atol=1e-4)
+    assert np.abs(a["scores"][1] - a["scores"][0]).max() > 0.1  # removing that unit really changes the scores
+    np.testing.assert_array_equal(b["scores"][3], kept + 0.5)  # the partial was reused, not recomputed

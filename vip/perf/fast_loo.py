@@ -3,8 +3,8 @@
 One model, gated units (vip.models.gates): a batch holds (variant, prompt) jobs of any
 variants, its CFG halves run as one forward, the text of each prompt is encoded once for all
 variants, and the denoiser may be cast (bf16), laid out channels-last and compiled once.
-Works through the VideoModel attributes a U-Net family exposes (unet, encode_prompts,
-initial_noise, predict, scheduler, decode, meta).
+Works through the attributes of a DiffusionVideoModel (denoiser, text_encoder, encode_prompts,
+initial_noise, predict, scheduler, decode, meta): toyvid, AnimateDiff and Wan.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class FastLoo:
 
     # the gates live only while the engine is open: the model's tree is unchanged outside
     def __enter__(self):
-        unet = self.model.unet
+        unet = self.model.denoiser
         self._restore = (next(unet.parameters()).dtype, next(self.model.text_encoder.parameters()).dtype)
         if self._restore[0] != self.dtype:  # casting to the same dtype makes diffusers warn
             unet.to(self.dtype)
@@ -60,9 +60,9 @@ class FastLoo:
     def __exit__(self, *exc):
         self.gates.remove()
         if self.opts.channels_last:
-            self.model.unet.to(memory_format=torch.contiguous_format)
+            self.model.denoiser.to(memory_format=torch.contiguous_format)
         if self._restore[0] != self.dtype:
-            self.model.unet.to(self._restore[0])
+            self.model.denoiser.to(self._restore[0])
         if self._restore[1] != self.dtype:
             self.model.text_encoder.to(self._restore[1])
         self.denoiser = None

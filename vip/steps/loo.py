@@ -84,6 +84,19 @@ def evaluate(ctx: StageContext, units_off: list[str], lo: int, hi: int) -> np.nd
                          units_off, timed=ctx.timed)
 
 
+def _batched_engine(ctx: StageContext):
+    """vip.perf.fast_loo over the stage model: gated units, several variants per batch."""
+    from vip.perf.fast_loo import FastLoo, FastLooOptions
+
+    if not hasattr(ctx.model, "denoiser"):
+        raise ConfigError(f"config key 'loo.engine': 'batched' needs a denoiser with gateable units "
+                          f"(toyvid, animatediff, wan2.1); backbone {ctx.cfg.model.backbone!r} has none: use 'plain'")
+    cuda = ctx.model.device.type == "cuda"
+    opts = FastLooOptions(batch_clips=ctx.cfg.loo.batch_size, dtype=str(ctx.model.dtype).removeprefix("torch."),
+                          channels_last=cuda, compile=ctx.cfg.loo.compile)
+    return FastLoo(ctx.model, ctx.reward, opts, units=[v for v in plan(ctx)["variants"] if v != FULL])
+
+
 def run_task(ctx: StageContext, index: int, progress=None) -> None:
     planned = plan(ctx)
     task = planned["tasks"][index]
@@ -92,18 +105,33 @@ def run_task(ctx: StageContext, index: int, progress=None) -> None:
                           "its leave-one-out scores would mix two models: start a new run with --run-dir")
     lo, hi = task["samples"]
     partial = partial_dir(ctx, index)
-    scores = []
-    for j, variant in enumerate(task["variants"]):
-        # a task preempted mid-way keeps the variants it finished: a requeued task skips them
-        done = _read_partial(partial / f"{j:03d}.npy", (hi - lo, len(ASPECTS)))
-        if done is None:
-            done = evaluate(ctx, [] if variant == FULL else [variant], lo, hi)
-            with atomic_path(partial / f"{j:03d}.npy") as tmp, open(tmp, "wb") as f:
-                np.save(f, done)
-        scores.append(done)
+    # a task preempted mid-way keeps the variants it finished: a requeued task skips them
+    scores = [_read_partial(partial / f"{j:03d}.npy", (hi - lo, len(ASPECTS))) for j in range(len(task["variants"]))]
+    todo = [j for j, s in enumerate(scores) if s is None]
+    if progress:
+        progress(len(task["variants"]) - len(todo))
+
+    def keep(j: int, result: np.ndarray) -> None:
+        with atomic_path(partial / f"{j:03d}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, result)
+        scores[j] = result
         if progress:
             progress(1)
+
     es = ctx.eval_set
+    if todo and ctx.cfg.loo.engine == "batched":
+        # groups of variants that fill about one batch: shared batches, yet a partial per group
+        per_group = max(1, ctx.cfg.loo.batch_size // (hi - lo))
+        with _batched_engine(ctx) as engine:
+            for g in range(0, len(todo), per_group):
+                group = todo[g:g + per_group]
+                with ctx.timed("generate+score"):
+                    got = engine.run([task["variants"][j] for j in group], es.prompts[lo:hi], es.seeds[lo:hi])
+                for j, result in zip(group, got):
+                    keep(j, result)
+    for j in todo if ctx.cfg.loo.engine == "plain" else ():
+        variant = task["variants"][j]
+        keep(j, evaluate(ctx, [] if variant == FULL else [variant], lo, hi))
     with ctx.timed("write"):
         shards(ctx).write(index, {
             "scores": np.stack(scores).astype(np.float32),  # [variants, samples, aspects]
