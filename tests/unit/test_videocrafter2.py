@@ -180,7 +180,7 @@ def test_load_names_what_is_wrong(model, tmp_path):
 
 def test_dtype_rules():
     assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("auto", "cuda") == torch.bfloat16
-    with pytest.raises(ConfigError, match="float16 cannot run on device 'cpu'"):
+    with pytest.raises(ConfigError, match="float16 is a dtype the device .cpu. cannot run"):
         resolve_dtype("float16", "cpu")
     with pytest.raises(ConfigError, match="model.dtype"):
         resolve_dtype("int8", "cpu")

@@ -13,9 +13,7 @@ from pathlib import Path
 import torch
 
 from vip.config import ConfigError, RewardConfig
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
+from vip.models.base import resolve_dtype
 
 def device_and_dtype(cfg: RewardConfig) -> tuple[torch.device, torch.dtype]:
     """reward.device ("" = cpu here; StageContext fills in model.device) and reward.dtype
@@ -23,14 +21,7 @@ def device_and_dtype(cfg: RewardConfig) -> tuple[torch.device, torch.dtype]:
     device = torch.device(cfg.device or "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"config key 'reward.device' is {cfg.device!r} but CUDA is not available on this machine")
-    if cfg.dtype == "auto":
-        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"config key 'reward.dtype' must be one of auto, {', '.join(DTYPES)}; got {cfg.dtype!r}")
-    if cfg.dtype == "float16" and device.type != "cuda":
-        raise ConfigError(f"config key 'reward.dtype': float16 is a dtype the device {str(device)!r} cannot run; "
-                          "use float32 or bfloat16 on CPU (or auto)")
-    return device, DTYPES[cfg.dtype]
+    return device, resolve_dtype(cfg.dtype, str(device), key="reward.dtype")
 
 
 def checkpoint_dir(cfg: RewardConfig, what: str) -> Path:

@@ -19,10 +19,10 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
-from transformers.utils import logging as hf_logging
 
 from vip.config import ConfigError, ModelConfig
-from vip.models.base import VideoModel
+from vip.models.base import VideoModel, resolve_dtype
+from vip.models.diffusion import quiet_transformers
 from vip.models.videocrafter2.scheduler import VideoCrafterDDIMScheduler
 from vip.models.videocrafter2.unet3d import Block, SkippedBlock, VideoCrafterUNet3D
 
@@ -31,34 +31,6 @@ REMOVED_UNITS_FILE = "removed_units.json"
 REQUIRED_FILES = ("vip_model.json", REMOVED_UNITS_FILE, "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                   "vae/config.json", "text_encoder/config.json", "tokenizer/tokenizer_config.json",
                   "scheduler/scheduler_config.json")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """auto = bfloat16 on CUDA, float32 elsewhere; float16 on CPU is refused (no fast kernels, overflows)."""
-    on_cuda = torch.device(device).type == "cuda"
-    if name == "auto":
-        return torch.bfloat16 if on_cuda else torch.float32
-    if name not in DTYPES:
-        raise ConfigError(f"config key 'model.dtype': {name!r} is not one of auto, float32, bfloat16, float16")
-    if name == "float16" and not on_cuda:
-        raise ConfigError(f"config key 'model.dtype': float16 cannot run on device {device!r}; "
-                          "use float32 or bfloat16 (or auto)")
-    return DTYPES[name]
-
-
-@contextmanager
-def quiet_transformers():
-    """transformers draws a progress bar for every small save and load."""
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _parent(root: nn.Module, unit: str) -> tuple[nn.Module, str]:
     parent, _, key = unit.rpartition(".")
     return (root.get_submodule(parent) if parent else root), key
