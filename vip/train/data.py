@@ -1,7 +1,8 @@
 """The preference pairs a stage trains on, and a deterministic, resumable order over them.
 
 The order of epoch e is a permutation drawn from (seed, e) alone, split across ranks, so any
-rank can compute the batch of any step: resuming at step k needs no saved sampler state.
+rank can compute the batch of any step: resuming at step k needs no saved sampler state, and
+resuming on another number of ranks continues the same sequence of samples.
 """
 from __future__ import annotations
 
@@ -70,7 +71,10 @@ class Order:
 
     def batch(self, epoch: int, micro_step: int, rank: int) -> np.ndarray:
         """Indices of rank `rank`'s micro-batch `micro_step` in `epoch`."""
-        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        g = self.batch_size * self.world_size
-        step = perm[micro_step * g:(micro_step + 1) * g]
-        return step[rank * self.batch_size:(rank + 1) * self.batch_size]
+        start = micro_step * self.batch_size * self.world_size + rank * self.batch_size
+        return self.samples(epoch, start, start + self.batch_size)
+
+    def samples(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        """Positions [start, stop) of epoch `epoch`'s global order, which depends on (seed, epoch) only:
+        not on the world size, so a run resumed on other ranks takes up the same sequence."""
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)[start:stop]

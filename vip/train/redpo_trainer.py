@@ -3,8 +3,13 @@
 Every rank runs this. The student's denoiser trains (ZeRO-2 by default); the full teacher M0
 runs forward only, without gradient, and its prediction on the noised winner serves both
 the DPO reference and the SFT target. Checkpoints hold model, optimizer and scheduler
-state; the data order and the noise of step k are functions of (seed, k, rank), so a run
+state; the data order and the noise of step k are functions of (seed, samples seen), so a run
 resumed from step k continues bit for bit as if it had never stopped.
+
+A checkpoint written by W ranks resumes on W' != W ranks through a DeepSpeed universal checkpoint
+(vip/train/universal.py): the global batch (pairs per optimizer step) and the step counter carry
+over, the new ranks split the batch into micro-batches and accumulation, and since the sample
+order and each sample's noise do not depend on the split, only float summation order differs.
 
 A SIGUSR1 / SIGUSR2 / SIGTERM only sets a flag. At the next step boundary the ranks agree
 (an all-reduce), all save, and the process exits with EXIT_REQUEUE for Slurm to requeue.
@@ -33,6 +38,7 @@ from vip.store import RunDir, atomic_write_json
 from vip.train import dist
 from vip.train.data import Order, load_pairs
 from vip.train.metrics import MetricsLog
+from vip.train.universal import Split, ensure_universal, prune_universal, saved_world_size, split_global_batch
 
 EXIT_REQUEUE = 75  # sysexits EX_TEMPFAIL: stopped on purpose, checkpoint saved, run again to resume
 CHECKPOINT_META = "vip_checkpoint.json"
@@ -73,9 +79,11 @@ class StopFlag:
         return bool(flag.item())
 
 
-def deepspeed_config(path: str, tc: TrainConfig, world_size: int, device: str, batch_size: int | None = None) -> dict:
+def deepspeed_config(path: str, tc: TrainConfig, world_size: int, device: str, batch_size: int | None = None,
+                     grad_accum: int | None = None, load_universal: bool = False) -> dict:
     """The DeepSpeed JSON with the batch, clipping and precision filled from train.*; a value
-    in the file that contradicts them (or the world size) is a one-line error."""
+    in the file that contradicts them (or the world size) is a one-line error. `batch_size` and
+    `grad_accum` override train.* (few pairs; a resume on another world size)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config key 'train.deepspeed': file {path!r} does not exist (see configs/deepspeed/)")
@@ -83,9 +91,9 @@ def deepspeed_config(path: str, tc: TrainConfig, world_size: int, device: str, b
         ds = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"config key 'train.deepspeed': {path!r} is not valid JSON: {e}") from None
-    micro = batch_size or tc.batch_size
-    want = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": tc.grad_accum,
-            "train_batch_size": micro * tc.grad_accum * world_size, "gradient_clipping": tc.grad_clip}
+    micro, accum = batch_size or tc.batch_size, grad_accum or tc.grad_accum
+    want = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum,
+            "train_batch_size": micro * accum * world_size, "gradient_clipping": tc.grad_clip}
     for key, value in want.items():
         if key in ds and ds[key] != "auto" and ds[key] != value:
             raise ConfigError(f"{path}: {key} is {ds[key]} but train.batch_size={tc.batch_size}, train.grad_accum="
@@ -96,6 +104,8 @@ def deepspeed_config(path: str, tc: TrainConfig, world_size: int, device: str, b
     ds["bf16"] = {"enabled": True, "check_grad_overflow": False} if device.startswith("cuda") else {"enabled": False}
     ds.setdefault("zero_allow_untested_optimizer", True)  # our AdamW is torch's, wrapped by ZeRO
     ds.setdefault("steps_per_print", 10**9)
+    if load_universal:
+        ds.setdefault("checkpoint", {})["load_universal"] = True
     return ds
 
 
@@ -107,9 +117,15 @@ def lr_factor(step: int, warmup: int, total: int, lr: float, min_lr: float) -> f
     return (min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))) / lr
 
 
-def step_generator(seed: int, micro: int, rank: int) -> torch.Generator:
-    """Noise and timesteps of global micro-step `micro` on `rank`: no RNG state to save."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, micro, rank]).generate_state(1)[0]))
+def sample_noise(seed: int, first: int, count: int, shape: tuple, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise and timesteps of the `count` samples from global sample position `first` on (samples seen
+    since step 0): no RNG state to save, and the same for a sample whichever rank or micro-step takes it."""
+    noise, t = [], []
+    for p in range(first, first + count):
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, p]).generate_state(1)[0]))
+        noise.append(torch.randn(shape, generator=g))
+        t.append(torch.randint(0, T, (1,), generator=g))
+    return torch.stack(noise), torch.cat(t)
 
 
 def _checkpoint_tags(ckpt: Path) -> list[Path]:
@@ -117,19 +133,23 @@ def _checkpoint_tags(ckpt: Path) -> list[Path]:
 
 
 def save_checkpoint(engine, ckpt: Path, step: int, meta: dict, keep: int, rank: int) -> None:
-    """All ranks write their part; rank 0 marks the tag complete and prunes old ones."""
+    """All ranks write their part; rank 0 marks the tag complete and prunes old ones. `meta` holds the
+    world size and the batch split, so a resume knows whether it must go through a universal checkpoint."""
     tag = f"step{step:07d}"
     engine.save_checkpoint(str(ckpt), tag=tag, client_state={"step": step})
     tdist.barrier()
     if rank == 0:
-        atomic_write_json(ckpt / tag / CHECKPOINT_META, {**meta, "step": step})
+        atomic_write_json(ckpt / tag / CHECKPOINT_META,
+                          {**meta, "step": step, "samples_seen": step * meta["global_batch"]})
         for old in _checkpoint_tags(ckpt)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        prune_universal(ckpt)
     tdist.barrier()
 
 
-def latest_checkpoint(ckpt: Path, meta: dict) -> tuple[str, int] | None:
-    """The newest complete tag, after checking it was made for this student and these pairs."""
+def latest_checkpoint(ckpt: Path, meta: dict) -> tuple[str, int, dict] | None:
+    """The newest complete tag, its step and its vip_checkpoint.json, after checking it was made for
+    this student and these pairs."""
     tags = _checkpoint_tags(ckpt)
     if not tags:
         return None
@@ -138,7 +158,7 @@ def latest_checkpoint(ckpt: Path, meta: dict) -> tuple[str, int] | None:
         if saved.get(key) != meta[key]:
             raise ConfigError(f"checkpoint {tags[-1]} was made for another {key.split('_')[0]} "
                               f"({str(saved.get(key))[:12]} != {meta[key][:12]}); delete {ckpt} to start over")
-    return tags[-1].name, int(saved["step"])
+    return tags[-1].name, int(saved["step"]), saved
 
 
 def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
@@ -162,15 +182,16 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
     meta = {"student_sha256": student_sha, "pairs_sha256": sha256_file(pairs_path(ctx)), "config_sha256": cfg.hash()}
     if len(pairs) < tc.min_pairs:
         return _skip(ctx, rank, meta, len(pairs), f"{len(pairs)} pairs < train.min_pairs={tc.min_pairs}")
-    # train.batch_size is an upper bound: a stage that kept few pairs (its student lost little)
-    # still trains on all of them rather than stopping
-    batch = min(tc.batch_size, len(pairs) // world)
+    found = latest_checkpoint(ckpt, meta)
+    split, load_universal = _batch_split(tc, len(pairs), world, ckpt, found)
+    batch = split.micro_batch
     order = Order(len(pairs), batch, world, tc.seed)
     order.check()
-    if batch < tc.batch_size and rank == 0:
+    if batch < tc.batch_size and rank == 0 and not found:
         print(f"vip: only {len(pairs)} pairs for {world} rank(s): batch {batch} per rank instead of "
               f"train.batch_size={tc.batch_size}", flush=True)
-    steps_per_epoch = order.micro_steps_per_epoch // tc.grad_accum
+    global_batch = split.global_batch  # pairs per optimizer step, whatever the world size
+    steps_per_epoch = len(pairs) // global_batch
     if steps_per_epoch == 0:
         raise ConfigError(f"{len(pairs)} pairs give {order.micro_steps_per_epoch} micro-steps per epoch, fewer than "
                           f"train.grad_accum={tc.grad_accum}; lower train.grad_accum or train.batch_size")
@@ -199,15 +220,25 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
         policy.to(frozen_dtype)
     optim = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, tc.warmup_steps, total, tc.lr, tc.min_lr))
+    load_dir = ckpt
+    if load_universal:
+        tag, saved = found[0], found[2]
+        load_dir = ensure_universal(ckpt, tag, rank, saved_world_size(ckpt / tag, saved), world)
     engine, optim, _, sched = deepspeed.initialize(
         model=policy, optimizer=optim, lr_scheduler=sched,
-        config=deepspeed_config(tc.deepspeed, tc, world, device, batch_size=batch))
+        config=deepspeed_config(tc.deepspeed, tc, world, device, batch_size=batch, grad_accum=split.grad_accum,
+                                load_universal=load_universal))
+    meta = {**meta, "world_size": world, "micro_batch": batch, "grad_accum": split.grad_accum,
+            "global_batch": global_batch}
 
     start = 0
-    found = latest_checkpoint(ckpt, meta)
     if found:
-        tag, start = found
-        engine.load_checkpoint(str(ckpt), tag=tag)
+        tag, start, saved = found
+        engine.load_checkpoint(str(load_dir), tag=tag)
+        if load_universal and rank == 0:
+            print(f"vip: resumed step {start} ({start * global_batch} pairs seen), written by "
+                  f"{saved_world_size(ckpt / tag, saved)} rank(s), on {world} through a universal checkpoint: "
+                  f"{batch} per rank x {split.grad_accum} accumulation x {world} = {global_batch} per step", flush=True)
     log = MetricsLog(out, start) if rank == 0 else None
     scheduler = student.scheduler
     T = scheduler.config.num_train_timesteps
@@ -217,13 +248,13 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
     t0 = time.perf_counter()
     while step < total:
         sums: dict[str, float] = {}
-        for a in range(tc.grad_accum):
-            m = step * tc.grad_accum + a  # global micro-step
-            idx = order.batch(m // order.micro_steps_per_epoch, m % order.micro_steps_per_epoch, rank)
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        for a in range(split.grad_accum):
+            offset = a * batch * world + rank * batch  # this micro-batch's place in the step's global batch
+            idx = order.samples(epoch, in_epoch * global_batch + offset, in_epoch * global_batch + offset + batch)
             x_w, x_l = pairs.latents_w[idx].to(dev), pairs.latents_l[idx].to(dev)
-            g = step_generator(tc.seed, m, rank)
-            noise = torch.randn(x_w.shape, generator=g).to(dev)
-            t = torch.randint(0, T, (len(idx),), generator=g).to(dev)
+            noise, t = sample_noise(tc.seed, step * global_batch + offset, len(idx), tuple(x_w.shape[1:]), T)
+            noise, t = noise.to(dev), t.to(dev)
             ts, tt = text_s[pair_text[idx]], text_t[pair_text[idx]]
 
             def rep(text, x):  # the stacked [winner; loser] batch needs the text twice
@@ -239,15 +270,15 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
             engine.backward(res.loss)
             engine.step()
             for k, v in res.metrics.items():
-                sums[k] = sums.get(k, 0.0) + v / tc.grad_accum
+                sums[k] = sums.get(k, 0.0) + v / split.grad_accum
         step += 1
         values = torch.tensor(list(sums.values()), dtype=torch.float64, device=dev)
         tdist.all_reduce(values)  # the logged curve is the mean over ranks
         record = dict(zip(sums, (values / world).tolist()))
         elapsed = time.perf_counter() - t0
         record.update(lr=sched.get_last_lr()[0], grad_norm=float(engine.get_global_grad_norm() or 0.0),
-                      epoch=(step * tc.grad_accum - 1) // order.micro_steps_per_epoch,
-                      samples_per_s=(step - start) * batch * tc.grad_accum * world / max(elapsed, 1e-9))
+                      epoch=(step - 1) // steps_per_epoch, samples=step * global_batch,
+                      samples_per_s=(step - start) * global_batch / max(elapsed, 1e-9))
         if log:
             log.log(step, record)
         bar.update(1)
@@ -263,12 +294,32 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
         save_checkpoint(engine, ckpt, step, meta, tc.keep_checkpoints, rank)
         _save_final(engine, student, run, stage, rank)
         if rank == 0:
-            atomic_write_json(out / "done.json", {"steps": total, "pairs": len(pairs), "world_size": world,
+            atomic_write_json(out / "done.json", {"steps": total, "pairs": len(pairs), "samples": total * global_batch,
                                                   "config_sha256": cfg.hash(), **meta})
     if log:
         log.close()
     dist.shutdown()
     return code
+
+
+def _batch_split(tc: TrainConfig, n_pairs: int, world: int, ckpt: Path, found) -> tuple[Split, bool]:
+    """The micro-batch and accumulation for this run, and whether its checkpoint must be loaded as a
+    universal one. A fresh run: train.batch_size per rank (fewer when pairs are few: a stage that kept
+    few still trains on all of them), train.grad_accum. A resumed one keeps the checkpoint's global
+    batch, split over the current ranks with micro-batches no larger than the checkpoint's."""
+    fresh = Split(max(1, min(tc.batch_size, n_pairs // world)), tc.grad_accum, world)  # 0: Order.check says why
+    if not found:
+        return fresh, False
+    tag, _, saved = found
+    saved_world = saved_world_size(ckpt / tag, saved)
+    saved_micro = int(saved.get("micro_batch") or min(tc.batch_size, n_pairs // saved_world))  # older tags
+    global_batch = int(saved.get("global_batch") or saved_micro * tc.grad_accum * saved_world)
+    split = split_global_batch(global_batch, world, saved_micro)
+    if split is None:
+        raise ConfigError(f"checkpoint {ckpt / tag} was written by {saved_world} rank(s) with {global_batch} pairs per "
+                          f"step, which {world} ranks cannot share evenly; resume on {saved_world} rank(s) (or on a "
+                          f"number that divides {global_batch})")
+    return split, saved_world != world
 
 
 def _skip(ctx: StageContext, rank: int, meta: dict, n_pairs: int, reason: str) -> int:
