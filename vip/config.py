@@ -127,7 +127,7 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimizer steps; 0 = only on a signal and at the end
     keep_checkpoints: int = 2
     deepspeed: str = "configs/deepspeed/zero2.json"
-    nprocs: int = 1  # processes per node when jobs/stage.py launches training itself
+    nprocs: int = 1  # processes per node when jobs/stage.py launches training itself (not in the config hash)
 
 
 @dataclass
@@ -186,10 +186,12 @@ class Config:
         return asdict(self)
 
     def hash(self) -> str:
-        """sha256 of what determines results (everything but `runtime` and `slurm`: how to run)."""
+        """sha256 of what determines results (everything but `runtime`, `slurm` and the local process
+        count `train.nprocs`: how to run; a checkpoint resumes on another world size)."""
         d = self.to_dict()
         d.pop("runtime")
         d.pop("slurm")
+        d["train"].pop("nprocs")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

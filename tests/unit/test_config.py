@@ -56,10 +56,12 @@ def test_missing_and_malformed_files(tmp_path):
         config.load(bad)
 
 
-def test_hash_ignores_runtime_only():
+def test_hash_ignores_how_to_run_only():
     a = config.load(None)
     assert a.hash() == config.load(None, ["runtime.progress=false", "runtime.threads=1"]).hash()
+    assert a.hash() == config.load(None, ["slurm.nodes=4", "train.nprocs=8"]).hash()  # resumable on another size
     assert a.hash() != config.load(None, ["select.k=3"]).hash()
+    assert a.hash() != config.load(None, ["train.batch_size=8"]).hash()
 
 
 def test_run_dir_freezes_and_refuses_another_config(tmp_path):
