@@ -108,7 +108,7 @@ def run_task(ctx: StageContext, index: int, progress=None) -> None:
     # a task preempted mid-way keeps the variants it finished: a requeued task skips them
     scores = [_read_partial(partial / f"{j:03d}.npy", (hi - lo, len(ASPECTS))) for j in range(len(task["variants"]))]
     todo = [j for j, s in enumerate(scores) if s is None]
-    if progress:
+    if progress and len(todo) < len(task["variants"]):
         progress(len(task["variants"]) - len(todo))
 
     def keep(j: int, result: np.ndarray) -> None:
