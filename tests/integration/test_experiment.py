@@ -149,3 +149,17 @@ def test_a_real_sft_arm_trains_with_deepspeed_on_the_derived_pairs(source, tmp_p
     after = load_file(final_path(run, 1) / "unet/diffusion_pytorch_model.safetensors")
     assert any((before[k] - after[k]).abs().max() > 0 for k in before)
     assert not (train_dir(run, 1) / "ckpt").exists()  # checkpoints dropped once the arm is scored
+
+
+def test_table_b_refuses_a_source_whose_earlier_stage_was_trained(tmp_path):
+    from vip.experiments.online import check_earlier_stages_untrained
+    from vip.store import RunDir
+
+    run = RunDir(tmp_path / "src")
+    run.freeze(vip_config.load(ROOT / "configs/toyvid.yaml"))
+    done = train_dir(run, 1) / "done.json"
+    atomic_write_json(done, {"steps": 0, "skipped": "2 pairs < train.min_pairs=16"})
+    check_earlier_stages_untrained(Experiment(tmp_path / "exp", run.path, 2))  # no loss applied before stage 2
+    atomic_write_json(done, {"steps": 12, "pairs": 48})
+    with pytest.raises(ConfigError, match="stage 1 of .* trained its student.*start at --stage 1"):
+        check_earlier_stages_untrained(Experiment(tmp_path / "exp", run.path, 2))

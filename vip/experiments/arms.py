@@ -31,8 +31,7 @@ from vip.config import Config, ConfigError
 from vip.steps import outcome
 from vip.steps.context import StageContext
 from vip.steps.pairs import pairs_path, student_sha256
-from vip.store import (IncompleteError, RunDir, atomic_write_json, atomic_write_text, read_h5, read_json,
-                       sha256_file, write_h5)
+from vip.store import IncompleteError, RunDir, atomic_write_json, read_h5, read_json, sha256_file, write_h5
 from vip.train import redpo_trainer
 
 SECTION = "train"
@@ -181,7 +180,7 @@ class Experiment:
             cfg, run = self.arm_config(arm, threads), self.arm_run(arm)
             t0 = time.perf_counter()
             if not self.trained(run):
-                self._prepare(run, cfg)
+                self._prepare(run, arm)
                 (trainer or launch_training)(run, cfg, self.stage)
             t1 = time.perf_counter()
             ctx = StageContext(run, cfg, self.stage)
@@ -201,22 +200,22 @@ class Experiment:
         return bool(done) and frozen.is_file() and done.get("config_sha256") == frozen.read_text().strip() \
             and (redpo_trainer.final_path(run, self.stage) / "removed_units.json").is_file()
 
-    def refreeze(self, run: RunDir, cfg: Config) -> str:
-        """Freeze the arm's config and return its hash as a fresh process (the trainer) computes it.
+    def refreeze(self, run: RunDir, arm: Arm) -> str:
+        """Freeze the arm's config (source config + overrides) and return its hash, both as a fresh
+        process (the trainer) sees the code on disk now.
 
-        Config keys get added to the code while an experiment runs (their defaults keep old results):
-        an arm frozen under an older key set is the same arm, frozen again under the new hash, and
-        this long-lived process's own cfg.hash() may already be stale. Checkpoints of an old hash go."""
-        if not (run.path / "config.yaml").is_file():
-            run.freeze(cfg)
-        frozen, digest = run.path / "config.sha256", fresh_hash(run.path / "config.yaml")
-        if frozen.read_text().strip() != digest:
-            atomic_write_text(frozen, digest + "\n")
+        Config keys get added to (and removed from) the code while an experiment runs: an arm frozen
+        under another key set is the same arm, frozen again; this long-lived process's own config
+        classes may already be stale. Checkpoints made under an old hash are dropped."""
+        frozen = run.path / "config.sha256"
+        old = frozen.read_text().strip() if frozen.is_file() else None
+        digest = fresh_freeze(run.path, self.source.path / "config.yaml", arm.as_dict())
+        if old is not None and old != digest:
             shutil.rmtree(redpo_trainer.train_dir(run, self.stage) / "ckpt", ignore_errors=True)
         return digest
 
-    def _prepare(self, run: RunDir, cfg: Config) -> None:
-        digest = self.refreeze(run, cfg)
+    def _prepare(self, run: RunDir, arm: Arm) -> None:
+        digest = self.refreeze(run, arm)
         stage_dir = run.stage(self.stage)
         stage_dir.mkdir(parents=True, exist_ok=True)
         link, src = stage_dir / "pruned", self.ctx.pruned_path().resolve()
@@ -227,12 +226,27 @@ class Experiment:
         derive_pairs(pairs_path(self.ctx), stage_dir / "pairs.h5", digest, self.inputs["pairs_sha256"])
 
 
-def fresh_hash(config_yaml: Path) -> str:
-    """cfg.hash() of a config file as the code on disk now computes it (a new interpreter)."""
-    code = "import sys; sys.path.insert(0, sys.argv[1]); from vip import config; print(config.load(sys.argv[2]).hash())"
-    r = subprocess.run([sys.executable, "-c", code, str(ROOT), str(config_yaml)], capture_output=True, text=True)
+FREEZE = """
+import sys; sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from vip import config
+from vip.store import atomic_write_text
+cfg = config.load(sys.argv[3], sys.argv[4:])
+cfg.runtime.progress = False
+out = Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
+atomic_write_text(out / "config.yaml", config.to_yaml(cfg))
+atomic_write_text(out / "config.sha256", cfg.hash() + "\\n")
+print(cfg.hash())
+"""
+
+
+def fresh_freeze(run_dir: Path, source_yaml: Path, overrides: dict) -> str:
+    """Write run_dir/config.yaml and config.sha256 (source config + overrides) with the code on disk now."""
+    args = [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in overrides.items()]
+    r = subprocess.run([sys.executable, "-c", FREEZE, str(ROOT), str(run_dir), str(source_yaml), *args],
+                       capture_output=True, text=True)
     if r.returncode != 0:
-        raise ConfigError(f"{config_yaml} does not load: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise ConfigError(f"cannot freeze {run_dir}: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
     return r.stdout.strip()
 
 

@@ -28,10 +28,16 @@ def settings_chart(settings: list[Setting], path: Path, title: str) -> Path:
     x = np.arange(len(ASPECTS))
     cmap = plt.get_cmap("viridis")
     colours = [cmap(i / max(1, n - 1)) for i in range(n)]
+    floor = -0.6  # a collapsed setting (DPO alone) would flatten every other bar: clip it, print its value
     for i, s in enumerate(settings):
         ms = [_delta(s.records, a) for a in ASPECTS]
-        ax.bar(x - 0.4 + (i + 0.5) * width, [m for m, _ in ms], width, yerr=[e for _, e in ms], capsize=2,
+        xs = x - 0.4 + (i + 0.5) * width
+        ax.bar(xs, [max(m, floor) for m, _ in ms], width, yerr=[e if m > floor else 0 for m, e in ms], capsize=2,
                color=colours[i], label=s.label)
+        for xi, (m, _) in zip(xs, ms):
+            if m < floor:
+                ax.text(xi, floor + 0.02, f"{m:.2f}", rotation=90, ha="center", va="bottom", fontsize=7, color="white")
+    ax.set_ylim(bottom=floor - 0.05)
     full = [first["full"][a] - first["pruned"][a] for a in ASPECTS]
     ax.scatter(x, full, marker="_", s=900, color="black", zorder=5, label="full teacher")
     ax.axhline(0, color="grey", lw=0.8)
@@ -40,7 +46,13 @@ def settings_chart(settings: list[Setting], path: Path, title: str) -> Path:
     ax.legend(fontsize=8, ncol=2)
     t = targets[0]
     rec = [summary(s.records)[f"recovered:{t}"] for s in settings]
-    ax2.barh(np.arange(n)[::-1], [100 * m for m, _ in rec], xerr=[100 * e for _, e in rec], capsize=3, color=colours)
+    lo = -60.0
+    ax2.barh(np.arange(n)[::-1], [max(100 * m, lo) for m, _ in rec], xerr=[100 * e if 100 * m > lo else 0 for m, e in rec],
+             capsize=3, color=colours)
+    for yi, (m, _) in zip(np.arange(n)[::-1], rec):
+        if 100 * m < lo:
+            ax2.text(lo + 2, yi, f"{100 * m:.0f}%", va="center", fontsize=8, color="white")
+    ax2.set_xlim(lo - 5, 105)
     ax2.set_yticks(np.arange(n)[::-1], [s.label for s in settings], fontsize=8)
     ax2.axvline(0, color="grey", lw=0.8)
     ax2.axvline(100, color="black", lw=0.8, ls="--")

@@ -8,11 +8,13 @@ applied there (their training was skipped for too few pairs); otherwise start at
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from vip.config import ConfigError
-from vip.experiments.arms import Arm, Experiment, _locked
-from vip.steps import outcome
-from vip.steps.context import StageContext
+from vip.experiments.arms import ROOT, Arm, Experiment, _locked
+from vip.store import IncompleteError
 from vip.train.redpo_trainer import train_dir
 
 
@@ -26,18 +28,24 @@ def check_earlier_stages_untrained(exp: Experiment) -> None:
 
 
 def run_online(exp: Experiment, arm: Arm, until: int, threads: int = 1) -> list[dict]:
-    """Train the arm at stage S (or find it done), then every later stage up to `until`; outcome per stage."""
-    from vip.orchestrate import driver
+    """Train the arm at stage S (or find it done), then every later stage up to `until`; outcome per stage.
 
+    Later stages run as `jobs/stage.py` on the arm's run directory, in a process of their own: it
+    reads the arm's frozen config with the code on disk now, as the trainer it launches will."""
     exp.run_arm(arm, threads=threads)
-    run, cfg = exp.arm_run(arm), exp.arm_config(arm, threads)
-    with _locked(run.path):
-        if until > exp.stage:
-            exp.refreeze(run, cfg)
-        for n in range(exp.stage + 1, until + 1):
-            ctx = StageContext(run, cfg, n)
-            if not outcome.is_done(ctx):
-                driver.run_stage(driver.preflight(cfg, run, n))
+    run = exp.arm_run(arm)
+    if until > exp.stage and not all((run.stage(n) / "outcome.json").is_file() for n in range(exp.stage + 1, until + 1)):
+        with _locked(run.path):
+            exp.refreeze(run, arm)
+            cmd = [sys.executable, str(ROOT / "jobs" / "stage.py"), "--stage", str(exp.stage + 1), "--until", str(until),
+                   "--config", str(run.path / "config.yaml"), "--run-dir", str(run.path),
+                   f"runtime.threads={threads}", "runtime.progress=false"]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            with open(run.path / f"stages{exp.stage + 1}-{until}.log", "a") as log:
+                code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            if code != 0:
+                raise IncompleteError(f"stages {exp.stage + 1}-{until} of {run.path} stopped (exit {code}); see "
+                                      f"{log.name}; run the table command again to resume")
     return stage_outcomes(exp, arm, until)
 
 
