@@ -3,7 +3,7 @@
     python -m vip.bench loo --config configs/toyvid.yaml [--variants 5] [section.key=value ...]
     python -m vip.bench train --config configs/toyvid.yaml [--steps 10] [section.key=value ...]
     python -m vip.bench gpu-loo [--size 256] [--frames 16] [--steps 25] [--compile] [--json out.json]
-    python -m vip.bench gpu-train [--size 256] [--frames 16] [--json out.json]
+    python -m vip.bench gpu-train [--size 256] [--frames 16] [--compile] [--json out.json]
     python -m vip.bench adaptive [--tables runs/demo2/stage1/loo.h5 ...]
 
 `gpu-loo` and `gpu-train` build AnimateDiff at its published size (SD1.5 U-Net + v1-5-2 motion
@@ -259,6 +259,13 @@ REDPO_CONFIGS = [  # the first has no checkpointing: its step gives the model FL
     {"name": "plain AdamW + checkpointing every block", "pairs": 32, "optimizer": "adamw", "checkpointing": True},
     {"name": "DeepSpeed ZeRO-2 bf16 + every block", "pairs": 16, "optimizer": "zero2", "checkpointing": True},
 ]
+REDPO_COMPILE_CONFIGS = [  # --compile: eager against regional torch.compile (policy and teacher) at the same batch
+    {"name": "plain AdamW, bf16 autocast", "pairs": 2, "optimizer": "adamw"},
+    {"name": "plain AdamW, compiled", "pairs": 2, "optimizer": "adamw", "compile": True},
+    {"name": "plain AdamW + checkpointing every block", "pairs": 8, "optimizer": "adamw", "checkpointing": True},
+    {"name": "plain AdamW + every block, compiled", "pairs": 8, "optimizer": "adamw", "checkpointing": True,
+     "compile": True},
+]
 
 
 def bench_gpu_train(args) -> list:
@@ -267,17 +274,24 @@ def bench_gpu_train(args) -> list:
     shape = gpu_bench.Shape(args.frames, args.size, args.size, args.steps, args.guidance, args.scale)
     model, parts = gpu_bench.build(shape, args.device)
     del parts  # the pipeline's U-Net 2D and adapter: not needed here, and 5 GB
-    configs = [c for c in REDPO_CONFIGS if args.optimizers is None or c["optimizer"] in args.optimizers.split(",")]
+    table = REDPO_COMPILE_CONFIGS if args.compile else REDPO_CONFIGS
+    configs = [c for c in table if args.optimizers is None or c["optimizer"] in args.optimizers.split(",")]
     if args.max_pairs:
         configs = [dict(c, pairs=min(c["pairs"], args.max_pairs)) for c in configs]
-    rows = gpu_bench.bench_redpo(model, configs, args.iters, args.device)
+
+    def line(r):
+        return (f"  {r['name']:42s} {r['pairs']:3d} pairs  {_fmt(r['pairs_per_s'], '6.2f')} pairs/s  "
+                f"{_fmt(r['s_per_step'], '6.3f')} s/step  MFU {_fmt(r['mfu'] and 100 * r['mfu'], '5.1f')}%  "
+                f"peak {_fmt(r['peak_gb'], '.1f') if r['peak_gb'] != 'OOM' else 'OOM'} GB"
+                + (f"  compile {r['compile_s']:.0f} s" if r.get("compile_s") is not None else "")
+                + (f"  {r['error']}" if "error" in r else ""))
+
+    rows = gpu_bench.bench_redpo(model, configs, args.iters, args.device, on_row=lambda r: print(line(r), flush=True))
     print(_machine(args.device))
     print(f"ReDPO step, {model.num_params() / 1e6:.1f}M policy + frozen bf16 teacher (reference and SFT target), "
           f"{shape.frames}x{shape.height}x{shape.width}; peak assumed: {rows[0]['peak_assumed']}")
     for r in rows:
-        print(f"  {r['name']:42s} {r['pairs']:3d} pairs  {_fmt(r['pairs_per_s'], '6.2f')} pairs/s  "
-              f"{_fmt(r['s_per_step'], '6.3f')} s/step  MFU {_fmt(r['mfu'] and 100 * r['mfu'], '5.1f')}%  "
-              f"peak {_fmt(r['peak_gb'], '.1f') if r['peak_gb'] != 'OOM' else 'OOM'} GB" + (f"  {r['error']}" if "error" in r else ""))
+        print(line(r))
     _dump(args, {"shape": vars(shape), "redpo": rows})
     return rows
 
@@ -294,7 +308,8 @@ def main() -> None:
     g.add_argument("--batch-clips", type=int, default=16, help="leave-one-out jobs per denoiser batch")
     g.add_argument("--prompts", type=int, default=4)
     g.add_argument("--baseline-variants", type=int, default=3, help="the pipeline loop runs full + this many minus one")
-    g.add_argument("--compile", action="store_true")
+    g.add_argument("--compile", action="store_true",
+                   help="gpu-loo: compile the gated denoiser; gpu-train: eager against regionally compiled steps")
     g.add_argument("--iters", type=int, default=10)
     g.add_argument("--optimizers", default=None, help="gpu-train: only these (adamw,zero2)")
     g.add_argument("--max-pairs", type=int, default=0)

@@ -102,3 +102,36 @@ def test_peak_and_mfu():
     assert peak_flops("NVIDIA H200")[1] == 989e12
     assert mfu(494.5e12, 1.0, 989e12) == pytest.approx(0.5)
     assert mfu(1.0, 1.0, None) is None
+
+
+def _cpu_compile_works() -> str | None:
+    """Why torch.compile (Inductor) cannot run on this CPU, or None."""
+    import shutil
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang", "g++")):
+        return "no C compiler for Inductor's CPU code"
+    try:
+        torch.compile(lambda x: x * 2 + 1, dynamic=False)(torch.ones(3))
+    except Exception as e:  # noqa: BLE001 - any failure means the path cannot be tested here
+        return f"torch.compile failed on the CPU: {type(e).__name__}"
+    return None
+
+
+@pytest.mark.slow  # Inductor compiles the regions' C++ on the CPU: minutes on 2 shared cores
+def test_compiled_redpo_step_matches_eager(built):
+    why = _cpu_compile_works()
+    if why:
+        pytest.skip(why)
+    import copy
+    model, _ = built
+    # same weights, same data (each configuration seeds its own generator): the first step's loss
+    # is of the initial weights, so eager and compiled must agree
+    eager = gpu_bench.bench_redpo(copy.deepcopy(model), [{"name": "eager", "pairs": 1, "optimizer": "adamw"}],
+                                  steps=1, device="cpu")
+    compiled_model = copy.deepcopy(model)
+    rows = gpu_bench.bench_redpo(compiled_model, [{"name": "compiled", "pairs": 1, "optimizer": "adamw",
+                                                   "compile": True}], steps=1, device="cpu")
+    assert "error" not in rows[0], rows[0].get("error")
+    assert rows[0]["compiled"] and rows[0]["pairs_per_s"] > 0 and rows[0]["compile_s"] is not None
+    assert rows[0]["first_loss"] == pytest.approx(eager[0]["first_loss"], abs=1e-4)
+    # regions are uncompiled afterwards: the model is left as it was found
+    assert all(m._compiled_call_impl is None for m in gpu_bench._regions(compiled_model.unet))

@@ -15,7 +15,7 @@ import torch
 
 from vip.models.motion_unet import SkippedUnit
 from vip.perf import real_configs
-from vip.perf.checkpointing import checkpoint_every_block, undo
+from vip.perf.checkpointing import Checkpointed, checkpoint_every_block, undo
 from vip.perf.fast_loo import FULL, FastLoo, FastLooOptions
 from vip.perf.flops import count_flops, mfu, peak_flops
 from vip.perf.standin_reward import StandInReward
@@ -197,13 +197,44 @@ def bench_loo(fl: FastLoo, parts: dict, shape: Shape, n_prompts: int, baseline_v
     return out
 
 
-def bench_redpo(model, configs: list[dict], steps: int, device: str) -> list[dict]:
+def _regions(unet):
+    """The repeated blocks of a UNetMotionModel: every ResNet, spatial transformer and motion module."""
+    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
+        for name in ("resnets", "attentions", "motion_modules"):
+            for m in getattr(block, name, None) or []:
+                yield m.block if isinstance(m, Checkpointed) else m
+
+
+def compile_regions(unet, backend: str = "inductor") -> int:
+    """Regional compilation: each repeated block compiled in place (nn.Module.compile, mode default,
+    static shapes), the glue (embeddings, convs in and out, resamplers) left eager. Blocks of one
+    class and shape share a graph; the module tree, state dict and checkpoint wrappers
+    (vip/perf/checkpointing.py, which call the block itself) are unchanged. Returns the count."""
+    cfg = torch._dynamo.config
+    for key, most in (("recompile_limit", 512), ("cache_size_limit", 512),
+                      ("accumulated_recompile_limit", 8192), ("accumulated_cache_size_limit", 8192)):
+        if hasattr(cfg, key):  # one code object per block class, many shapes: not a fallback to eager
+            setattr(cfg, key, max(getattr(cfg, key), most))
+    n = 0
+    for m in _regions(unet):
+        m.compile(backend=backend, dynamic=False)
+        n += 1
+    return n
+
+
+def uncompile_regions(unet) -> None:
+    for m in _regions(unet):
+        m._compiled_call_impl = None
+
+
+def bench_redpo(model, configs: list[dict], steps: int, device: str, on_row=None) -> list[dict]:
     """One ReDPO step (vip.redpo.pair_loss: policy once on [winner; loser], the frozen teacher once
     for reference and SFT target) per configuration: {name, pairs, checkpointing, optimizer:
     adamw | zero<stage>}. The policy is model.unet itself (fp32 master weights, bf16 autocast; or
     DeepSpeed bf16, which casts it, so those configurations go last); the teacher is a bf16 copy
-    run without gradient. The first configuration must not checkpoint: its step gives the model
-    FLOPs per pair (recomputation is not useful work)."""
+    run without gradient. The first configuration must not checkpoint nor compile: its step gives
+    the model FLOPs per pair (recomputation is not useful work). `compile: True` (or a backend
+    name) compiles policy and teacher regionally (compile_regions) for that configuration only."""
     cuda = torch.device(device).type == "cuda"
     peak_name, peak = peak_flops() if cuda else ("cpu (no peak)", None)
     if cuda:  # cuDNN's fused attention failed its backward at these batch sizes (torch 2.11, H100)
@@ -211,13 +242,16 @@ def bench_redpo(model, configs: list[dict], steps: int, device: str) -> list[dic
     teacher = copy.deepcopy(model.unet).to(torch.bfloat16 if cuda else torch.float32).requires_grad_(False).eval()
     rows, flops_per_pair = [], None
     for c in configs:
-        row, fpp = _redpo_one(model, teacher, c, steps, device, count=flops_per_pair is None)
+        row, fpp = _redpo_one(model, teacher, c, steps, device, count=flops_per_pair is None and not c.get("compile"))
         flops_per_pair = flops_per_pair or fpp
         fl = flops_per_pair * c["pairs"] if flops_per_pair else None
         row.update(name=c["name"], pairs=c["pairs"], checkpointing=bool(c.get("checkpointing")),
+                   compiled=bool(c.get("compile")),
                    optimizer=c["optimizer"], tflop_per_step=fl / 1e12 if fl else None, peak_assumed=peak_name,
                    mfu=mfu(fl, row["s_per_step"], peak) if fl and row["s_per_step"] else None)
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
         if cuda:
             torch.cuda.empty_cache()
     return rows
@@ -232,6 +266,10 @@ def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool) ->
     policy = model.unet.train().requires_grad_(True)
     if c.get("checkpointing"):
         checkpoint_every_block(policy)
+    if c.get("compile"):
+        backend = c["compile"] if isinstance(c["compile"], str) else "inductor"
+        compile_regions(policy, backend)
+        compile_regions(teacher, backend)
     b = c["pairs"]
     g = torch.Generator().manual_seed(0)
     shp = (b, *model.latent_shape)
@@ -269,10 +307,13 @@ def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool) ->
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
                 return model.predict(x, t, text[: x.shape[0]], denoiser=policy).float()
 
+    losses = []
+
     def step():
         noise = torch.randn(shp, generator=g).to(device)
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(device)
         out = pair_loss(pol, frozen, sched, x_w, x_l, noise, t, beta=5000.0, w_sft=1.0)
+        losses.append(out.metrics["loss"])
         if engine is not None:
             engine.backward(out.loss)
             engine.step()
@@ -283,18 +324,30 @@ def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool) ->
             optim.step()
 
     reset_peak(device)
-    fpp = None
+    fpp, first = None, None
     try:
+        sync(device)
+        t0 = time.perf_counter()
+        step()  # warm-up (compiles, for a compiled configuration); its loss is of the initial weights
+        sync(device)
+        first = time.perf_counter() - t0
         if count:
-            step()  # warm-up, then the FLOPs of one step
             fpp = count_flops(step) / b
-        s = median_time(step, steps, 2, device)
+        s = median_time(step, steps, 1, device)
         row = {"pairs_per_s": b / s, "s_per_step": s, "peak_gb": peak_mem_gb(device)}
+        if c.get("compile"):  # the first step less a steady one: compilation (and autotuning) time
+            row["compile_s"] = first - s
     except torch.OutOfMemoryError:
         row = {"pairs_per_s": None, "s_per_step": None, "peak_gb": "OOM"}
-    except RuntimeError as e:  # a kernel refusing a shape must not cost the other configurations
-        row = {"pairs_per_s": None, "s_per_step": None, "peak_gb": None, "error": str(e).splitlines()[0][:200]}
+    except Exception as e:  # a kernel or the compiler refusing a shape must not cost the other configurations
+        row = {"pairs_per_s": None, "s_per_step": None, "peak_gb": None,
+               "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"}
+    row["first_step_s"] = first
+    row["first_loss"] = losses[0] if losses else None
     optim.zero_grad(set_to_none=True)
+    if c.get("compile"):
+        uncompile_regions(policy)
+        uncompile_regions(teacher)
     undo(policy)
     policy.eval().requires_grad_(False)
     return row, fpp
