@@ -61,16 +61,23 @@ def main() -> int:
         for s in settings:
             s.overrides = {**common, **s.overrides}
         tables.run_settings(exp, settings, args.seeds, threads=args.threads, jobs=args.jobs)
-        header, rows = tables.table_rows(settings)
-        print(f"\n{title}: stage {args.stage} of {exp.source.path}, train.seed {args.seeds}, mean ± std over seeds")
-        print(tables.format_table(header, rows))
-        if args.markdown:
-            print("\n" + tables.markdown_table(header, rows))
-        if args.plot:
-            from vip.experiments.figures import settings_chart
+        from vip.experiments.figures import settings_chart
 
-            print(f"chart: {settings_chart(settings, Path(args.plot), title)}")
+        show(f"{title}: stage {args.stage} of {exp.source.path}", *tables.table_rows(settings), args,
+             lambda png: settings_chart(settings, png, title))
     return 0
+
+
+def show(title: str, header, rows, args, chart) -> None:
+    """The table as text (and Markdown with --markdown); its chart with --plot."""
+    from vip.experiments import tables
+
+    print(f"\n{title}, train.seed {args.seeds}, mean ± std over seeds")
+    print(tables.format_table(header, rows))
+    if args.markdown:
+        print("\n" + tables.markdown_table(header, rows))
+    if args.plot:
+        print(f"chart: {chart(Path(args.plot))}")
 
 
 def table_b(exp, args, common) -> int:
@@ -88,16 +95,11 @@ def table_b(exp, args, common) -> int:
     per_arm = {s.label: [] for s in settings}
     for (label, _), stages in zip(work, done):
         per_arm[label].append(stages)
-    header, rows = tables.stage_rows(per_arm)
-    print(f"\nTable B: stages 1-{until} (from stage {args.stage} of {exp.source.path} on, per arm), "
-          f"train.seed {args.seeds}, mean ± std over seeds")
-    print(tables.format_table(header, rows))
-    if args.markdown:
-        print("\n" + tables.markdown_table(header, rows))
-    if args.plot:
-        from vip.experiments.figures import stages_chart
+    from vip.experiments.figures import stages_chart
 
-        print(f"chart: {stages_chart(per_arm, Path(args.plot), 'Table B: stages, pruned vs trained (toyvid)')}")
+    show(f"Table B: stages 1-{until} (from stage {args.stage} of {exp.source.path} on, per arm)",
+         *tables.stage_rows(per_arm), args,
+         lambda png: stages_chart(per_arm, png, "Table B: stages, pruned vs trained (toyvid)"))
     return 0
 
 

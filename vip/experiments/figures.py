@@ -37,9 +37,9 @@ def settings_chart(settings: list[Setting], path: Path, title: str) -> Path:
         for xi, (m, _) in zip(xs, ms):
             if m < floor:
                 ax.text(xi, floor + 0.02, f"{m:.2f}", rotation=90, ha="center", va="bottom", fontsize=7, color="white")
-    ax.set_ylim(bottom=floor - 0.05)
     full = [first["full"][a] - first["pruned"][a] for a in ASPECTS]
     ax.scatter(x, full, marker="_", s=900, color="black", zorder=5, label="full teacher")
+    ax.set_ylim(bottom=floor - 0.05)  # after every artist: a fixed limit stops autoscaling (the teacher's tick)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(x, [f"{SHORT[a]}{' (target)' if a in targets else ''}" for a in ASPECTS])
     ax.set_ylabel("score − pruned student's")

@@ -581,9 +581,7 @@ def submit_array(ctx: StageContext, step: str, indices: Sequence[int] | None = N
     spec = spec or ARRAY_STEPS[step]
     ledger = ledger_for(ctx)
     with ledger.lock():
-        todo = sorted(set(spec.missing(ctx) if indices is None else indices))
-        queued = active_tasks(ledger, step)
-        todo = [i for i in todo if i not in queued]
+        todo = _unqueued(ctx, ledger, step, spec, indices)
         if not todo:
             return []
         folder = log_dir(ctx, step)
@@ -599,6 +597,13 @@ def submit_array(ctx: StageContext, step: str, indices: Sequence[int] | None = N
     return list(ids)
 
 
+def _unqueued(ctx: StageContext, ledger, step: str, spec: ArrayStep, indices: Sequence[int] | None) -> list[int]:
+    """The tasks to submit: `indices` (default: the step's missing ones), less those already queued."""
+    todo = sorted(set(spec.missing(ctx) if indices is None else indices))
+    queued = active_tasks(ledger, step)
+    return [i for i in todo if i not in queued]
+
+
 def submit_packed(ctx: StageContext, step: str, indices: Sequence[int] | None = None,
                   depends_on: Sequence[str] = (), spec: ArrayStep | None = None) -> list[str]:
     """Submit the step's tasks that are neither done nor already queued as one packed job of
@@ -607,9 +612,7 @@ def submit_packed(ctx: StageContext, step: str, indices: Sequence[int] | None = 
     spec = spec or ARRAY_STEPS[step]
     ledger = ledger_for(ctx)
     with ledger.lock():
-        todo = sorted(set(spec.missing(ctx) if indices is None else indices))
-        queued = active_tasks(ledger, step)
-        todo = [i for i in todo if i not in queued]
+        todo = _unqueued(ctx, ledger, step, spec, indices)
         if not todo:
             return []
         ranks = packed_ranks(ctx.cfg.slurm, len(todo))
