@@ -159,21 +159,36 @@ class DiffusionVideoModel(VideoModel):
         the model's dtype."""
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        guidance = self.meta.get("guidance", 1.0) if guidance is None else guidance
+        text = self.encode_prompts(list(prompts))
+        uncond = self.negative_text(len(prompts)) if guidance != 1.0 else None
+        return self.denoise(text, uncond, seeds, steps, guidance)
+
+    def negative_text(self, n: int) -> torch.Tensor:
+        """The unconditional branch of classifier-free guidance: the negative prompt, n times."""
+        return self.encode_prompts([self.meta.get("negative_prompt", "")] * n)
+
+    @torch.no_grad()
+    def denoise(self, text: torch.Tensor, uncond: torch.Tensor | None, seeds: list[int], steps: int | None = None,
+                guidance: float | None = None, denoiser=None) -> torch.Tensor:
+        """The sampling loop on encoded conditioning (text [B, ...], uncond likewise or None without
+        guidance); both CFG branches in one forward. `denoiser` stands in for the model's own (the
+        gated, compiled one of vip.perf.fast_loo)."""
         steps = steps or self.meta.get("steps", 10)
         guidance = self.meta.get("guidance", 1.0) if guidance is None else guidance
         sched = copy.deepcopy(self.scheduler)  # set_timesteps and multistep solvers mutate it
         sched.set_timesteps(steps)
-        text = self.encode_prompts(list(prompts))
         if guidance != 1.0:
-            text = torch.cat([self.encode_prompts([self.meta.get("negative_prompt", "")] * len(prompts)), text])
+            text = torch.cat([uncond, text])
         x = self.initial_noise(seeds) * sched.init_noise_sigma
         for t in sched.timesteps:
             inp = torch.cat([x, x]) if guidance != 1.0 else x
             inp = sched.scale_model_input(inp, t)
-            out = self.predict(inp.to(self.dtype), t.expand(inp.shape[0]).to(self.device), text).float()
+            out = self.predict(inp.to(self.dtype), t.expand(inp.shape[0]).to(self.device), text,
+                               denoiser=denoiser).float()
             if guidance != 1.0:
-                uncond, cond = out.chunk(2)
-                out = uncond + guidance * (cond - uncond)
+                u, c = out.chunk(2)
+                out = u + guidance * (c - u)
             x = sched.step(out, t, x).prev_sample
         return x.float()
 

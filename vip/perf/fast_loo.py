@@ -8,8 +8,8 @@ initial_noise, predict, scheduler, decode, meta): toyvid, AnimateDiff and Wan.
 """
 from __future__ import annotations
 
-import copy
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,42 +67,24 @@ class FastLoo:
             self.model.text_encoder.to(self._restore[1])
         self.denoiser = None
 
+    @contextmanager
     def _timed(self, key):
-        dev = self.model.device
+        cuda = self.model.device.type == "cuda"
+        if cuda:  # kernels are asynchronous: time what ran, not what was queued
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        yield
+        if cuda:
+            torch.cuda.synchronize()
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
 
-        class _T:
-            def __enter__(s):
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                s.t0 = time.perf_counter()
-
-            def __exit__(s, *exc):
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - s.t0
-        return _T()
-
-    @torch.no_grad()
     def sample(self, offs: list[list[str]], text: torch.Tensor, uncond: torch.Tensor | None, seeds: list[int],
                steps: int, guidance: float) -> torch.Tensor:
         """Final latents for a batch of jobs: job b has units offs[b] off, conditioning text[b]."""
-        m = self.model
-        sched = copy.deepcopy(m.scheduler)
-        sched.set_timesteps(steps)
         cfg = guidance != 1.0
-        if cfg:
-            text = torch.cat([uncond.expand(len(seeds), -1, -1), text])
-        self.gates.set(offs + offs if cfg else offs, m.device)
-        x = m.initial_noise(seeds) * sched.init_noise_sigma
-        for t in sched.timesteps:
-            inp = torch.cat([x, x]) if cfg else x
-            inp = sched.scale_model_input(inp, t).to(self.dtype)
-            out = m.predict(inp, t.expand(inp.shape[0]).to(m.device), text, denoiser=self.denoiser).float()
-            if cfg:
-                u, c = out.chunk(2)
-                out = u + guidance * (c - u)
-            x = sched.step(out, t, x).prev_sample
-        return x.float()
+        self.gates.set(offs + offs if cfg else offs, self.model.device)  # both CFG halves of a job alike
+        return self.model.denoise(text, uncond.expand(len(seeds), -1, -1) if cfg else None, seeds, steps, guidance,
+                                  denoiser=self.denoiser)
 
     def run(self, variants: list[str], prompts: list[str], seeds: list[int], steps: int | None = None,
             guidance: float | None = None) -> np.ndarray:
@@ -113,7 +95,7 @@ class FastLoo:
         uniq = list(dict.fromkeys(prompts))
         with self._timed("text"):  # once per prompt for every variant
             emb = m.encode_prompts(uniq).to(self.dtype)
-            uncond = m.encode_prompts([""]).to(self.dtype) if guidance != 1.0 else None
+            uncond = m.negative_text(1).to(self.dtype) if guidance != 1.0 else None
         row = {p: i for i, p in enumerate(uniq)}
         jobs = [(vi, pi) for vi in range(len(variants)) for pi in range(len(prompts))]
         rows = []
