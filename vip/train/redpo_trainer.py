@@ -183,7 +183,8 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
     if len(pairs) < tc.min_pairs:
         return _skip(ctx, rank, meta, len(pairs), f"{len(pairs)} pairs < train.min_pairs={tc.min_pairs}")
     found = latest_checkpoint(ckpt, meta)
-    split, load_universal = _batch_split(tc, len(pairs), world, ckpt, found)
+    saved_world = saved_world_size(ckpt / found[0], found[2]) if found else world
+    split, load_universal = _batch_split(tc, len(pairs), world, ckpt, found, saved_world)
     batch = split.micro_batch
     order = Order(len(pairs), batch, world, tc.seed)
     order.check()
@@ -220,10 +221,7 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
         policy.to(frozen_dtype)
     optim = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, tc.warmup_steps, total, tc.lr, tc.min_lr))
-    load_dir = ckpt
-    if load_universal:
-        tag, saved = found[0], found[2]
-        load_dir = ensure_universal(ckpt, tag, rank, saved_world_size(ckpt / tag, saved), world)
+    load_dir = ensure_universal(ckpt, found[0], rank, saved_world, world) if load_universal else ckpt
     engine, optim, _, sched = deepspeed.initialize(
         model=policy, optimizer=optim, lr_scheduler=sched,
         config=deepspeed_config(tc.deepspeed, tc, world, device, batch_size=batch, grad_accum=split.grad_accum,
@@ -233,11 +231,11 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
 
     start = 0
     if found:
-        tag, start, saved = found
+        tag, start, _ = found
         engine.load_checkpoint(str(load_dir), tag=tag)
         if load_universal and rank == 0:
             print(f"vip: resumed step {start} ({start * global_batch} pairs seen), written by "
-                  f"{saved_world_size(ckpt / tag, saved)} rank(s), on {world} through a universal checkpoint: "
+                  f"{saved_world} rank(s), on {world} through a universal checkpoint: "
                   f"{batch} per rank x {split.grad_accum} accumulation x {world} = {global_batch} per step", flush=True)
     log = MetricsLog(out, start) if rank == 0 else None
     scheduler = student.scheduler
@@ -302,7 +300,7 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
     return code
 
 
-def _batch_split(tc: TrainConfig, n_pairs: int, world: int, ckpt: Path, found) -> tuple[Split, bool]:
+def _batch_split(tc: TrainConfig, n_pairs: int, world: int, ckpt: Path, found, saved_world: int) -> tuple[Split, bool]:
     """The micro-batch and accumulation for this run, and whether its checkpoint must be loaded as a
     universal one. A fresh run: train.batch_size per rank (fewer when pairs are few: a stage that kept
     few still trains on all of them), train.grad_accum. A resumed one keeps the checkpoint's global
@@ -311,7 +309,6 @@ def _batch_split(tc: TrainConfig, n_pairs: int, world: int, ckpt: Path, found) -
     if not found:
         return fresh, False
     tag, _, saved = found
-    saved_world = saved_world_size(ckpt / tag, saved)
     saved_micro = int(saved.get("micro_batch") or min(tc.batch_size, n_pairs // saved_world))  # older tags
     global_batch = int(saved.get("global_batch") or saved_micro * tc.grad_accum * saved_world)
     split = split_global_batch(global_batch, world, saved_micro)
