@@ -25,17 +25,21 @@ tdist.init_process_group("gloo", rank=d.rank, world_size=d.world_size,
                          init_method=f"tcp://{d.master_addr}:{d.master_port}")
 t = torch.tensor([float(d.rank + 1)])
 tdist.all_reduce(t)
-print("RANK " + json.dumps({"launcher": sys.argv[2], "rank": d.rank, "world": d.world_size, "local": d.local_rank,
-      "found_by": d.launcher, "addr": d.master_addr, "port": d.master_port,
-      "node": os.environ.get("SLURMD_NODENAME"), "sum": t.item()}), flush=True)
+# one file per process: lines printed by 4 ranks into one job log can interleave mid-line
+out = os.path.join(sys.argv[3], f"{sys.argv[2]}-{d.rank}-{os.getpid()}.json")
+with open(out + ".tmp", "w") as f:
+    json.dump({"launcher": sys.argv[2], "rank": d.rank, "world": d.world_size, "local": d.local_rank,
+               "found_by": d.launcher, "addr": d.master_addr, "port": d.master_port,
+               "node": os.environ.get("SLURMD_NODENAME"), "sum": t.item()}, f)
+os.replace(out + ".tmp", out)
 tdist.barrier()
 tdist.destroy_process_group()
 """
 SCRIPT = """#!/bin/bash
 #SBATCH --nodes=2 --ntasks-per-node=2 --cpus-per-task=1 --partition=cpu --time=5
 export OMP_NUM_THREADS=1
-srun {python} {probe} {root} srun || exit 1
-{mpirun} -iface lo -n 4 {python} {probe} {root} mpirun
+srun {python} {probe} {root} srun {seen} || exit 1
+{mpirun} -iface lo -n 4 {python} {probe} {root} mpirun {seen}
 """
 
 
@@ -44,11 +48,14 @@ def test_srun_and_mpirun_ranks_on_two_nodes(tmp_path):
     probe.write_text(PROBE)
     mpirun = Path(sys.executable).parent / "mpirun"  # pip's mpich (pyproject), beside python
     script = tmp_path / "ranks.sbatch"
-    script.write_text(SCRIPT.format(python=sys.executable, probe=probe, root=ROOT, mpirun=mpirun))
+    seen_dir = tmp_path / "seen"
+    seen_dir.mkdir()
+    script.write_text(SCRIPT.format(python=sys.executable, probe=probe, root=ROOT, mpirun=mpirun, seen=seen_dir))
     out = tmp_path / "out.txt"
     job = sh("sbatch", "--parsable", f"--output={out}", str(script)).split(";")[0]
     assert slurm.wait([job], timeout=150) == {job: "COMPLETED"}, out.read_text()[-2000:]
-    seen = [json.loads(line[5:]) for line in out.read_text().splitlines() if line.startswith("RANK ")]
+    seen = [json.loads(f.read_text()) for f in sorted(seen_dir.glob("*.json"))]
+    assert len(seen) == 8, sorted(f.name for f in seen_dir.iterdir())  # 4 processes per launcher, none twice
     for launcher, found_by in (("srun", "slurm"), ("mpirun", "mpi")):
         ranks = [r for r in seen if r["launcher"] == launcher]
         assert sorted(r["rank"] for r in ranks) == [0, 1, 2, 3], ranks  # each rank exactly once
