@@ -71,6 +71,12 @@ class LooConfig:
     # (variant, prompt) jobs of several variants share a batch and one compiled graph serves them all.
     engine: str = "plain"
     compile: bool = False  # engine=batched: torch.compile the gated denoiser once per task (CUDA)
+    # Adaptive (vip.perf.adaptive): rounds of adaptive_first, then doubling, samples; a unit whose place
+    # in both rankings is settled (confidence bounds at adaptive_z) is not evaluated further. Off until
+    # it is shown safe on more runs (docs/decisions.md).
+    adaptive: bool = False
+    adaptive_z: float = 3.0
+    adaptive_first: int = 8
 
 
 @dataclass
@@ -192,10 +198,13 @@ class Config:
         d.pop("runtime")
         d.pop("slurm")
         d["train"].pop("nprocs")
+        if not d["loo"]["adaptive"]:  # exhaustive: these keys change nothing, and runs planned before they existed stay valid
+            for key in ("adaptive", "adaptive_z", "adaptive_first"):
+                d["loo"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-_POSITIVE = {"loo.units_per_task", "loo.batch_size", "select.k", "model.steps", "prompts.seeds_per_prompt",
+_POSITIVE = {"loo.units_per_task", "loo.batch_size", "loo.adaptive_z", "loo.adaptive_first", "select.k", "model.steps", "prompts.seeds_per_prompt",
              "filter.prompts_per_task", "filter.concurrency", "filter.timeout_s", "curate.seeds_per_prompt",
              "curate.samples_per_task", "curate.batch_size", "train.epochs", "train.batch_size", "train.grad_accum",
              "train.lr", "train.beta", "train.keep_checkpoints", "train.nprocs",

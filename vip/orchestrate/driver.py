@@ -50,14 +50,22 @@ def preflight(cfg: Config, run: RunDir, stage: int) -> StageContext:
 
 
 def run_loo(ctx: StageContext) -> None:
-    tasks = loo.plan(ctx)["tasks"]
-    todo = loo.missing(ctx)
-    for i in todo:  # a task whose shard is truncated or mismatched is redone from scratch
-        loo.shards(ctx).discard(i)
-    local.run_tasks(todo, lambda i, advance: loo.run_task(ctx, i, advance),
-                    total_units=sum(len(tasks[i]["variants"]) for i in todo),
-                    desc=f"stage {ctx.stage} leave-one-out ({len(todo)}/{len(tasks)} tasks)",
-                    progress=ctx.cfg.runtime.progress)
+    """Every missing task; with loo.adaptive, round after round until the last one is done."""
+    while True:
+        planned = loo.plan(ctx)
+        tasks, todo = planned["tasks"], loo.missing(ctx)
+        for i in todo:  # a task whose shard is truncated or mismatched is redone from scratch
+            loo.shards(ctx).discard(i)
+        rounds = planned.get("adaptive", {}).get("rounds")
+        if todo:
+            local.run_tasks(todo, lambda i, advance: loo.run_task(ctx, i, advance),
+                            total_units=sum(len(tasks[i]["variants"]) for i in todo),
+                            desc=f"stage {ctx.stage} leave-one-out"
+                                 + (f" round {len(rounds)}/{len(planned['adaptive']['ends'])}" if rounds else "")
+                                 + f" ({len(todo)}/{len(tasks)} tasks)",
+                            progress=ctx.cfg.runtime.progress)
+        if not loo.advance(ctx):
+            return
 
 
 def run_filter(run: RunDir, cfg: Config) -> None:
@@ -107,8 +115,7 @@ def run_training(ctx: StageContext) -> None:
 def run_selection(ctx: StageContext) -> dict:
     """Leave-one-out evaluation and unit selection; returns selection.json's record."""
     if not loo.is_done(ctx):
-        if loo.missing(ctx):
-            run_loo(ctx)
+        run_loo(ctx)
         loo.merge(ctx)
     if not select.is_done(ctx):
         select.run(ctx)

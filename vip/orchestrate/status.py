@@ -16,7 +16,14 @@ def stage_status(run: RunDir, stage: int) -> list[tuple[str, str, str]]:
     """Rows of (step, state, detail)."""
     d = run.stage(stage)
     rows = []
-    rows.append(_tasks_row("loo", d / "loo", loo.read_plan(d)))
+    planned = loo.read_plan(d)
+    row = _tasks_row("loo", d / "loo", planned)
+    if planned and "adaptive" in planned:  # the task count grows round by round
+        a = planned["adaptive"]
+        row = (row[0], row[1] if not loo.rounds_left(planned) or row[1] != "done" else "partial",
+               f"adaptive round {len(a['rounds'])} of at most {len(a['ends'])}, "
+               f"{len(a['rounds'][-1]['variants']) - 1} units in play; " + row[2])
+    rows.append(row)
     rows.append(("merge", "done" if (d / "loo.h5").is_file() else "missing", str(d / "loo.h5")))
     sel = read_json(d / "selection.json")
     rows.append(("select", "done", f"chosen {', '.join(sel['chosen'])}") if sel else ("select", "missing", ""))

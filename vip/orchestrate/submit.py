@@ -59,6 +59,8 @@ WHAT = {  # what each job runs, for dry-run headers and messages
     "filter": "jobs/filter_prompts.py --task I: LLM scores of the prompts of task I (once per run)",
     "filter_merge": "jobs/filter_prompts.py --merge: the filtered prompt sets (once per run)",
     "target": "jobs/step.py target: target detection, pruned student against the teacher",
+    "loo_round": "continuation (loo.adaptive): once this leave-one-out round is done, plans the next round and "
+                 "submits it, or after the last round submits select .. outcome",
     "continue": "continuation: once target.json and the prompt sets exist, plans pairs and submits pairs .. outcome",
     "pairs": "jobs/step.py pairs --task I: teacher and student videos of task I, scored",
     "curate": "jobs/step.py curate: merge the pair shards and keep the pairs the rules accept (pairs.h5)",
@@ -66,6 +68,10 @@ WHAT = {  # what each job runs, for dry-run headers and messages
     "outcome": "jobs/step.py outcome: the trained student scored beside the teacher and the pruned student",
     "next": "continuation: once this stage's outcome exists, submits the next stage (it re-enters the driver)",
 }
+
+
+def _what(step: str) -> str:
+    return WHAT.get(step) or WHAT[step.rstrip("0123456789")]  # loo_round3 -> loo_round
 
 
 class DriverBusyError(slurm.SlurmError):
@@ -120,6 +126,14 @@ def continue_stage(until: int, ctx: StageContext) -> None:
         print("\n".join(a.line() for a in submit_stage(ctx, until)), flush=True)
 
 
+def continue_loo(until: int, ctx: StageContext) -> None:
+    """Continuation after an adaptive leave-one-out round: plan the next round and submit it (after
+    the last round, submit the rest of the stage)."""
+    with fail_cleanly(), node_driver(ctx.run):
+        require(ctx, until, ("loo_round",))
+        print("\n".join(a.line() for a in submit_stage(ctx, until)), flush=True)
+
+
 def next_stage(until: int, ctx: StageContext) -> None:
     """Continuation after a stage's outcome: submit the next stage."""
     with fail_cleanly(), node_driver(ctx.run):
@@ -134,7 +148,7 @@ def require(ctx: StageContext, until: int, steps: tuple[str, ...]) -> None:
         if step_done(ctx, step):
             continue
         ledger_ctx = StageContext(ctx.run, ctx.cfg, 0) if step == "filter" else ctx
-        names = ("filter", "filter_merge") if step == "filter" else (step,)
+        names = {"filter": ("filter", "filter_merge"), "loo_round": ("loo",)}.get(step, (step,))
         last = [(e, entry) for s in names for e, entry in latest_elements(slurm.ledger_for(ledger_ctx), s).values()]
         job = ""
         if last:
@@ -149,7 +163,8 @@ def require(ctx: StageContext, until: int, steps: tuple[str, ...]) -> None:
 def step_done(ctx: StageContext, step: str) -> bool:
     run, cfg = ctx.run, ctx.cfg
     return {
-        "loo": lambda: loo.is_done(ctx), "select": lambda: select.is_done(ctx),
+        "loo": lambda: loo.is_done(ctx), "loo_round": lambda: loo.is_done(ctx) or not loo.missing(ctx),
+        "select": lambda: select.is_done(ctx),
         "filter": lambda: prompt_filter.is_done(run, cfg), "target": lambda: target.is_done(ctx),
         "pairs": lambda: pairs.is_done(ctx), "curate": lambda: pairs.is_done(ctx),
         "train": lambda: redpo_trainer.is_done(run, ctx.stage, cfg), "outcome": lambda: outcome.is_done(ctx),
@@ -355,13 +370,22 @@ def _submit_one(ctx: StageContext, until: int, sink: Submitter) -> bool:
     run_ctx = StageContext(run, cfg, 0)
     wait: dict[str, list[str]] = {}
     if not loo.is_done(ctx):
+        if not sink.dry:
+            loo.advance(ctx)  # adaptive: the last round is done, so plan the next one
         wait["loo"] = sink.array(ctx, "loo")
-    if not select.is_done(ctx):
+    rounds = adaptive_round_open(ctx)
+    if not rounds and not select.is_done(ctx):
         wait["select"] = sink.job(ctx, "select", "cpu", wait.get("loo", []))
     filter_open = not prompt_filter.is_done(run, cfg)
     if filter_open:
         wait["filter"] = sink.array(run_ctx, "filter")
         wait["filter_merge"] = sink.job(run_ctx, "filter_merge", "cpu", wait["filter"], filter_merge_job)
+    if rounds:  # the next round depends on this one's scores: a continuation plans and submits it
+        r, total = rounds
+        cont = sink.job(ctx, f"loo_round{r}", "cpu", wait["loo"], functools.partial(continue_loo, until))
+        sink.note(ctx, "select..", "later", detail=f"adaptive leave-one-out round {r} of at most {total}: the next "
+                  f"round, or after the last one select .. outcome, submitted by {cont[0]} once it is done")
+        return False
     target_open = not target.is_done(ctx)
     if target_open:
         wait["target"] = sink.job(ctx, "target", "gpu", wait.get("select", []))
@@ -382,6 +406,20 @@ def _submit_one(ctx: StageContext, until: int, sink: Submitter) -> bool:
         sink.actions.append(Action(n + 1, "stage", "later", detail=f"submitted by {nxt[0]} once stage {n}'s "
                                                                    "outcome exists"))
     return False
+
+
+def adaptive_round_open(ctx: StageContext) -> tuple[int, int] | None:
+    """(round, rounds) while adaptive leave-one-out has rounds still to plan, else None."""
+    if not ctx.cfg.loo.adaptive or loo.is_done(ctx):
+        return None
+    planned = loo.read_plan(ctx.dir)
+    if planned is None:  # dry run before planning: round 1 of the schedule
+        from vip.perf.adaptive import schedule
+
+        return 1, len(schedule(len(ctx.eval_set.prompts), ctx.cfg.loo.adaptive_first))
+    if not loo.rounds_left(planned):
+        return None
+    return len(planned["adaptive"]["rounds"]), len(planned["adaptive"]["ends"])
 
 
 def task_ranges(tasks: list[int]) -> str:
@@ -428,7 +466,7 @@ class DrySubmitter(Submitter):
             ranks = slurm.packed_ranks(ctx.cfg.slurm, len(tasks))
             kind = "cpu_packed" if slurm.ARRAY_STEPS[step].kind == "cpu_array" else "packed"
             header = (f"{name}: packed job of {ranks} rank(s) for {len(tasks)} tasks ({task_ranges(tasks)}; rank r "
-                      f"runs the r-th task of that list, then every {ranks} further); runs {WHAT[step]}")
+                      f"runs the r-th task of that list, then every {ranks} further); runs {_what(step)}")
             self.scripts.append(_script(ctx, step, kind, [], header, ranks=ranks))
             self.note(ctx, step, "would submit", [name], f"packed, tasks {task_ranges(tasks)} over {ranks} rank(s)")
             self.todo[(ctx.stage, step)] = tasks
@@ -440,7 +478,7 @@ class DrySubmitter(Submitter):
             name = self._name(ctx, step, k if len(chunks) > 1 else None)
             after = names[-1:] if ctx.cfg.slurm.array_parallelism and names else []
             part = f", part {k + 1} of {len(chunks)} (MaxArraySize {size})" if len(chunks) > 1 else ""
-            header = f"{name}: array of {len(chunk)} tasks ({task_ranges(chunk)}){part}; runs {WHAT[step]}"
+            header = f"{name}: array of {len(chunk)} tasks ({task_ranges(chunk)}){part}; runs {_what(step)}"
             self.scripts.append(_script(ctx, step, "array", after, header, len(chunk)))
             names.append(name)
         self.note(ctx, step, "would submit", names, f"array, tasks {task_ranges(tasks)}")
@@ -454,7 +492,7 @@ class DrySubmitter(Submitter):
             self.note(ctx, step, "queued", ids)
             return ids
         name = self._name(ctx, step)
-        self.scripts.append(_script(ctx, step, kind, after, f"{name}: {kind} job; runs {WHAT[step]}"))
+        self.scripts.append(_script(ctx, step, kind, after, f"{name}: {kind} job; runs {_what(step)}"))
         self.note(ctx, step, "would submit", [name], f"after {':'.join(after)}" if after else "")
         return [name]
 
@@ -494,6 +532,10 @@ def _tasks_to_do(ctx: StageContext, step: str) -> list[int]:
             return loo.shards(ctx).missing(range(len(planned["tasks"])))
         variants = 1 + len(loo.units_to_evaluate(ctx))
         n = len(ctx.eval_set.prompts)
+        if cfg.loo.adaptive:  # the first round only
+            from vip.perf.adaptive import schedule
+
+            n = schedule(n, cfg.loo.adaptive_first)[0]
         per = cfg.loo.prompts_per_task or n
         return list(range(math.ceil(variants / cfg.loo.units_per_task) * math.ceil(n / per)))
     if step == "filter":
@@ -731,7 +773,11 @@ def stage_costs(cfg: Config, stage: int, todo: dict[str, list[int]], n_variants:
     out = []
     for step, tasks in todo.items():
         c = StepCost(stage, step, len(tasks), clip_s=clip_s, gpus=0)
-        if step == "loo":
+        if step == "loo" and cfg.loo.adaptive:  # later rounds depend on scores: the exhaustive count bounds it
+            c.step, c.clips, samples = "loo (at most)", n_variants * n_samples, n_samples
+            c.gpus = array_gpus
+            c.bytes = loo_bytes(c.clips, samples, len(tasks))
+        elif step == "loo":
             per_task = loo_task_clips(n_variants, n_samples, cfg.loo.units_per_task, cfg.loo.prompts_per_task)
             c.clips = sum(per_task[i] for i in tasks)
             per = cfg.loo.prompts_per_task or n_samples
@@ -773,8 +819,11 @@ def cost_lines(ctx: StageContext, sink: "DrySubmitter") -> list[str]:
         f"of stage {known['from']}" if "loo_bytes_per_clip" in known else "estimated per sample") + ")"]
     by_stage: dict[int, dict[str, list]] = {}
     for a in sink.actions:
-        if a.verb == "would submit" and a.step not in ("continue", "next"):
+        if a.verb == "would submit" and a.step not in ("continue", "next") and not a.step.startswith("loo_round"):
             by_stage.setdefault(a.stage, {})[a.step] = sink.todo.get((a.stage, a.step), [None])
+        if a.verb == "later" and a.step == "select..":  # after adaptive leave-one-out: the whole stage
+            for step in ("select", "target", "pairs", "curate", "train", "outcome"):
+                by_stage.setdefault(a.stage, {})[step] = [None]
         if a.verb == "later" and a.step == "pairs..":  # submitted by the continuation: estimated all the same
             for step in ("pairs", "curate", "train", "outcome"):
                 by_stage.setdefault(a.stage, {})[step] = [None]

@@ -73,6 +73,10 @@ def work_done(run: RunDir, cfg: Config, el: Element) -> bool:
         return done or (step == "filter" and task is not None and prompt_filter.shards(run).is_done(task))
     if step == "target":
         return target.is_done(ctx)
+    if step.startswith("loo_round"):  # adaptive: the next round is planned, or selection was submitted
+        rounds = (loo.read_plan(ctx.dir) or {}).get("adaptive", {}).get("rounds", [])
+        return loo.is_done(ctx) or len(rounds) > int(step.removeprefix("loo_round")) \
+            or bool(Ledger(ctx.dir).entries("select"))
     if step == "continue":
         return pairs.is_done(ctx) or bool(Ledger(ctx.dir).entries("pairs"))
     if step == "pairs":
@@ -258,7 +262,10 @@ def job_columns(run: RunDir, cfg: Config, stage: int, rows: list[tuple[str, str,
         mine = [el for el in elements if el.step in steps and el.stage in (0 if step == "filter" else stage,)]
         jobs, log = _jobs_and_log(run, steps, step, stage, mine, states)
         out.append((step, _state(run, cfg, state, mine, states), detail, jobs, log))
-    for step, what in CONTINUATIONS.items():
+    rounds = sorted({el.step for el in elements if el.stage == stage and el.step.startswith("loo_round")},
+                    key=lambda s: int(s.removeprefix("loo_round")))
+    for step, what in [(r, f"plans adaptive leave-one-out round {int(r[9:]) + 1} (or selection) once round "
+                           f"{r[9:]} is done") for r in rounds] + list(CONTINUATIONS.items()):
         mine = [el for el in elements if el.step == step and el.stage == stage]
         if mine:
             s = states.get(mine[-1].element, "?")

@@ -74,6 +74,21 @@ def settled_out(low: np.ndarray, high: np.ndarray, k: int) -> np.ndarray:
     return (best > n_hat).all(1)
 
 
+def still_in_play(full: np.ndarray, seen: dict[str, np.ndarray], active: list[str], k: int, z: float) -> list[str]:
+    """The active units whose exact Δ can still change the choice.
+
+    full [n, aspects]: the full model's scores on samples 0..n-1. seen[unit] [m, aspects]: every
+    unit's scores on samples 0..m-1 (m <= n; a unit dropped earlier has a smaller m, and its
+    interval is what it was when it was dropped). Shared by the replay below and vip.steps.loo."""
+    units = list(seen)
+    bounds = []
+    for u in units:
+        d = (full[: len(seen[u])] - seen[u]).astype(np.float64)  # paired: the same prompts and seeds
+        bounds.append(intervals(np.stack([d.sum(1), d[:, TC_INDEX]], 1), z))
+    out = dict(zip(units, settled_out(np.stack([b[1] for b in bounds]), np.stack([b[2] for b in bounds]), k)))
+    return [u for u in active if not out[u]]
+
+
 def adaptive_loo(score, units: list[str], n_prompts: int, k: int, z: float = 3.0, first: int = 8) -> AdaptiveResult:
     """score(variant or None for the full model, prompt indices) -> scores [len(idx), aspects].
 
@@ -84,7 +99,6 @@ def adaptive_loo(score, units: list[str], n_prompts: int, k: int, z: float = 3.0
     full_chunks: list[np.ndarray] = []
     unit_chunks: dict[str, list[np.ndarray]] = {u: [] for u in units}
     active = list(units)
-    ci: dict[str, tuple] = {}  # unit -> (mean, low, high); a dropped unit keeps its last
     clips, lo, rounds = 0, 0, []
 
     def paired(u):  # the unit's scores and the full model's on the same prompts, stored dtype
@@ -99,18 +113,9 @@ def adaptive_loo(score, units: list[str], n_prompts: int, k: int, z: float = 3.0
             unit_chunks[u].append(score(u, idx))
             clips += len(idx)
         lo = hi
-        if hi == n_prompts:
-            rounds.append({"prompts": hi, "active": len(active), "clips": clips})
-            break
-        for u in active:
-            f, m = paired(u)
-            d = (f - m).astype(np.float64)
-            ci[u] = intervals(np.stack([d.sum(1), d[:, TC_INDEX]], 1), z)
-        low = np.stack([ci[u][1] for u in units])
-        high = np.stack([ci[u][2] for u in units])
-        for u, out in zip(units, settled_out(low, high, k)):
-            if out and u in active:
-                active.remove(u)  # its interval stays as it is now
+        if hi < n_prompts:
+            active = still_in_play(np.concatenate(full_chunks), {u: np.concatenate(unit_chunks[u]) for u in units},
+                                   active, k, z)
         rounds.append({"prompts": hi, "active": len(active), "clips": clips})
     delta = {}
     for u in units:  # as select.deltas computes it, over the prompts the unit saw

@@ -3,6 +3,10 @@
 Work is split into tasks of (a few variants) x (a chunk of samples); a task loads the
 model once and switches units off in place. Each task writes one HDF5 shard; `merge`
 builds loo.h5 only when every shard is present and intact.
+
+With loo.adaptive the samples are evaluated in rounds (vip.perf.adaptive): the plan starts with
+round 0 and `advance` appends the next round's tasks, for the full model and the units still in
+play, once every task of the last round is done. Task indices only grow, so shards stay valid.
 """
 from __future__ import annotations
 
@@ -52,25 +56,66 @@ def read_plan(stage_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _tasks(variants: list[str], lo: int, hi: int, units_per_task: int, prompts_per_task: int) -> list[dict]:
+    per = prompts_per_task or hi - lo
+    return [{"variants": vs, "samples": [a, min(a + per, hi)]}
+            for vs in _chunks(variants, units_per_task) for a in range(lo, hi, per)]
+
+
 def plan(ctx: StageContext) -> dict:
-    """The plan {model, model_sha256, variants, samples, tasks}, written once to loo/tasks.json
-    and read back on every later call, so re-runs and array tasks agree on what task i is."""
+    """The plan {model, model_sha256, variants, samples, tasks[, adaptive]}, written once to
+    loo/tasks.json and read back on every later call, so re-runs and array tasks agree on what task i is."""
     planned = read_plan(ctx.dir)
     if planned is not None:
         return planned
-    path = step_dir(ctx) / "tasks.json"
+    from vip.perf.adaptive import schedule  # not at the top: adaptive -> select -> this module
+
+    lc = ctx.cfg.loo
     variants = [FULL] + units_to_evaluate(ctx)
     n = len(ctx.eval_set.prompts)
-    per = ctx.cfg.loo.prompts_per_task or n
-    tasks = [
-        {"variants": vs, "samples": [lo, min(lo + per, n)]}
-        for vs in _chunks(variants, ctx.cfg.loo.units_per_task)
-        for lo in range(0, n, per)
-    ]
-    planned = {"model": str(ctx.model_path()), "model_sha256": ctx.model_sha256,
-               "variants": variants, "samples": n, "tasks": tasks}
-    atomic_write_json(path, planned)
+    planned = {"model": str(ctx.model_path()), "model_sha256": ctx.model_sha256, "variants": variants, "samples": n}
+    if lc.adaptive:
+        ends = schedule(n, lc.adaptive_first)
+        planned["tasks"] = _tasks(variants, 0, ends[0], lc.units_per_task, lc.prompts_per_task)
+        planned["adaptive"] = {"k": ctx.cfg.select.k, "z": lc.adaptive_z, "ends": ends,
+                               "rounds": [{"samples": [0, ends[0]], "variants": variants,
+                                           "tasks": list(range(len(planned["tasks"])))}]}
+    else:
+        planned["tasks"] = _tasks(variants, 0, n, lc.units_per_task, lc.prompts_per_task)
+    atomic_write_json(step_dir(ctx) / "tasks.json", planned)
     return planned
+
+
+def rounds_left(planned: dict) -> int:
+    """Adaptive rounds not yet planned (0 when exhaustive or when the last round is planned)."""
+    if "adaptive" not in planned:
+        return 0
+    a = planned["adaptive"]
+    return len(a["ends"]) - len(a["rounds"])
+
+
+def advance(ctx: StageContext) -> bool:
+    """Adaptive only: once every planned task is done, plan the next round for the full model and
+    the units whose place in both rankings is not settled yet. True when a round was added."""
+    from vip.perf.adaptive import still_in_play
+
+    planned = plan(ctx)
+    if not rounds_left(planned) or missing(ctx):
+        return False
+    a = planned["adaptive"]
+    table = _table(ctx, planned)
+    variants = planned["variants"]
+    hi = a["rounds"][-1]["samples"][1]
+    full = table[0, :hi]
+    seen = {v: table[i, :hi][~np.isnan(table[i, :hi]).any(-1)] for i, v in enumerate(variants) if v != FULL}
+    active = still_in_play(full, seen, [v for v in a["rounds"][-1]["variants"] if v != FULL], a["k"], a["z"])
+    nxt = a["ends"][len(a["rounds"])]
+    first = len(planned["tasks"])
+    planned["tasks"] += _tasks([FULL] + active, hi, nxt, ctx.cfg.loo.units_per_task, ctx.cfg.loo.prompts_per_task)
+    a["rounds"].append({"samples": [hi, nxt], "variants": [FULL] + active,
+                        "tasks": list(range(first, len(planned["tasks"])))})
+    atomic_write_json(step_dir(ctx) / "tasks.json", planned)
+    return True
 
 
 def missing(ctx: StageContext) -> list[int]:
@@ -159,19 +204,35 @@ def _read_partial(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     return arr if arr.shape == shape else None
 
 
-def merge(ctx: StageContext) -> Path:
-    """loo.h5 = scores[variant, sample, aspect] over all tasks; refuses if any task is missing."""
-    meta = plan(ctx)
+def _table(ctx: StageContext, meta: dict) -> np.ndarray:
+    """scores[variant, sample, aspect] from every planned shard; NaN where no task covers a cell."""
     variants = meta["variants"]
-    es = ctx.eval_set
-    full = np.full((len(variants), len(es.prompts), len(ASPECTS)), np.nan, dtype=np.float32)
+    full = np.full((len(variants), meta["samples"], len(ASPECTS)), np.nan, dtype=np.float32)
     for i, (arrays, attrs) in enumerate(shards(ctx).read_all(list(range(len(meta["tasks"]))))):
         if attrs.get("model_sha256") != meta["model_sha256"]:
             raise IncompleteError(f"{shards(ctx).shard(i)} was computed from other weights than {meta['model']}; "
                                   "start a new run with --run-dir")
         rows = [variants.index(v) for v in arrays["variants"]]
         full[np.ix_(rows, arrays["sample_ids"])] = arrays["scores"]
-    if np.isnan(full).any():  # every (variant, sample) cell must be covered by some shard
+    return full
+
+
+def merge(ctx: StageContext) -> Path:
+    """loo.h5 = scores[variant, sample, aspect] over all tasks; refuses if any task is missing.
+
+    Adaptive: cells of units settled in an earlier round stay NaN (select.deltas pairs each unit
+    with the full model on the samples it saw); every planned cell must be there."""
+    meta = plan(ctx)
+    if rounds_left(meta):
+        raise IncompleteError(f"adaptive leave-one-out has planned {len(meta['adaptive']['rounds'])} of "
+                              f"{len(meta['adaptive']['ends'])} rounds in {step_dir(ctx)}; run the step again")
+    variants = meta["variants"]
+    es = ctx.eval_set
+    full = _table(ctx, meta)
+    planned_cells = np.zeros(full.shape[:2], dtype=bool)
+    for task in meta["tasks"]:
+        planned_cells[[variants.index(v) for v in task["variants"]], slice(*task["samples"])] = True
+    if np.isnan(full[planned_cells]).any():  # every planned (variant, sample) cell must be covered by some shard
         raise IncompleteError(f"merged leave-one-out scores have gaps in {step_dir(ctx)}; re-run the step")
     params = ctx.model.unit_params()
     write_h5(merged_path(ctx), {
@@ -181,6 +242,7 @@ def merge(ctx: StageContext) -> Path:
         "prompt_ids": np.array(es.prompt_ids),
         "seeds": np.array(es.seeds),
         "unit_params": np.array([params.get(v, 0) for v in variants]),
+        "samples_seen": planned_cells.sum(1),  # < samples only for units adaptive evaluation settled early
     }, {"aspects": json.dumps(ASPECTS), "config_sha256": ctx.cfg.hash(), "model": meta["model"],
         "model_sha256": meta["model_sha256"], "model_params": ctx.model.num_params()})
     return merged_path(ctx)

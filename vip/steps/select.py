@@ -30,13 +30,17 @@ class Selection:
 
 
 def deltas(scores: np.ndarray, variants: list[str]) -> dict[str, dict[str, float]]:
-    """Δ_i per aspect = V(M) - V(M - i), averaged over samples; positive = removal hurts."""
-    full = scores[variants.index(FULL)].mean(0)
+    """Δ_i per aspect = V(M) - V(M - i), averaged over samples; positive = removal hurts.
+
+    A unit that adaptive leave-one-out settled early has NaN on later samples: its Δ pairs it with
+    the full model on the samples it saw (the full model sees them all)."""
+    full = scores[variants.index(FULL)]
     out = {}
     for i, v in enumerate(variants):
         if v == FULL:
             continue
-        d = full - scores[i].mean(0)
+        seen = ~np.isnan(scores[i]).any(-1)
+        d = full[seen].mean(0) - scores[i][seen].mean(0)
         out[v] = {a: float(d[j]) for j, a in enumerate(ASPECTS)}
         out[v]["total"] = float(d.sum())
     return out
