@@ -2,6 +2,7 @@
 
     python jobs/render_sbatch.py --config configs/toyvid.yaml --stage 1 [--run-dir DIR] [section.key=value ...]
     python jobs/render_sbatch.py --run-dir runs/toyvid --stage 1 --steps pairs,curate,train   # config.yaml of the run
+    python jobs/render_sbatch.py --config configs/toyvid.yaml --stage 1 --packed   # packed jobs instead of arrays
     bash runs/toyvid/sbatch/stage1/submit.sh        # submits them in order with afterany dependencies
 
 Slurm settings come from the config's slurm section (slurm.partition=gpu slurm.account=... on the
@@ -39,6 +40,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="", help="array sizes, e.g. loo=12,pairs=4 (default: from the plans)")
     ap.add_argument("--no-plan", action="store_true", help="do not write the leave-one-out plan (no model load)")
     ap.add_argument("--max-array-size", type=int, help="default: the cluster's MaxArraySize, else 1001")
+    ap.add_argument("--packed", action="store_true", help="one job of slurm.packed_ranks ranks per fanned-out step "
+                                                          "instead of an array (slurm.packed=true)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = ap.parse_intermixed_args()
 
@@ -47,12 +50,16 @@ def main() -> None:
         if config_path is None:
             frozen = Path(args.run_dir) / "config.yaml" if args.run_dir else None
             config_path = frozen if frozen is not None and frozen.is_file() else "configs/toyvid.yaml"
-        cfg = vip_config.load(config_path, args.overrides)
+        cfg = vip_config.load(config_path, args.overrides + (["slurm.packed=true"] if args.packed else []))
         from vip.orchestrate import render
         from vip.store import RunDir
 
         run = RunDir.for_config(cfg, args.run_dir)
         steps = [s for s in args.steps.split(",") if s] or None
+        if cfg.loo.adaptive and (steps is None or "loo" in steps):
+            raise vip_config.ConfigError(
+                "config key 'loo.adaptive' is true, but a fixed script cannot hold rounds planned from scores: "
+                "use jobs/stage.py --executor slurm (or sbatch/stage.sbatch), or set loo.adaptive=false")
         tasks = {**render.known_task_counts(cfg, run, args.stage), **parse_tasks(args.tasks)}
         run.freeze(cfg)  # before any plan is written: the scripts read <run>/config.yaml
         if "loo" not in tasks and not args.no_plan and (steps is None or "loo" in steps):

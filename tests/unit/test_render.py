@@ -232,6 +232,18 @@ def test_render_cli_writes_scripts_and_plan(tmp_path, untrained_dir):
     bad = subprocess.run([os.sys.executable, "jobs/render_sbatch.py", "--run-dir", str(run_dir), "--tasks", "loo=x"],
                          cwd=render.REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --tasks takes step=count")
+    adaptive = subprocess.run([os.sys.executable, "jobs/render_sbatch.py", "--config", "configs/toyvid.yaml",
+                               "--run-dir", str(tmp_path / "adaptive"), "loo.adaptive=true"],
+                              cwd=render.REPO, capture_output=True, text=True, timeout=120)
+    assert adaptive.returncode == 2 and adaptive.stderr.startswith("error: config key 'loo.adaptive' is true")
+    assert not (tmp_path / "adaptive").exists()  # refused before the run directory is made
+    packed = subprocess.run([os.sys.executable, "jobs/render_sbatch.py", "--config", "configs/toyvid.yaml", "--packed",
+                             "--run-dir", str(tmp_path / "packed"), "--no-plan", "--tasks", "loo=5,filter=3",
+                             "--steps", "loo,filter", "slurm.partition=gpu"],
+                            cwd=render.REPO, capture_output=True, text=True, timeout=120)
+    assert packed.returncode == 0, packed.stderr
+    script = (tmp_path / "packed/sbatch/stage1/loo.sbatch").read_text()
+    assert "--array" not in script and "#SBATCH --ntasks=" in script  # one job of ranks, not an array
 
 
 def test_nothing_outside_orchestrate_imports_submitit_or_the_slurm_executor():

@@ -33,6 +33,8 @@ def test_packed_jobs_ask_for_ranks_not_nodes():
     cpu = sbatch_options(s, "cpu_packed", ranks=2)
     assert cpu["slurm_partition"] == "cpu" and "slurm_gpus_per_task" not in cpu
     assert cpu["timeout_min"] == 90  # it does an array's work: an array task's time, not a small job's
+    assert sbatch_options(s, "cpu_array")["timeout_min"] == 90  # the prompt-filter array: as its sbatch template
+    assert sbatch_options(s, "cpu")["timeout_min"] == 20  # a small job keeps slurm.cpu_time
     assert sbatch_options(s, "packed", ranks=1)["slurm_additional_parameters"]["nodes"] == 1
 
 

@@ -318,7 +318,7 @@ def sbatch_options(slurm: SlurmConfig, kind: str, ranks: int = 1) -> dict[str, A
             p["slurm_gpus_per_task"] = slurm.array_gpus
     if kind in ("cpu", "cpu_array", "cpu_packed"):
         partition, p["timeout_min"], p["cpus_per_task"] = slurm.cpu_partition or slurm.partition, slurm.cpu_time, 2
-        if kind == "cpu_packed":  # it runs the array's tasks, so it gets an array task's time
+        if kind in ("cpu_array", "cpu_packed"):  # array work (as the sbatch templates say): an array task's time
             p["timeout_min"] = slurm.time
     else:
         partition, p["timeout_min"], p["cpus_per_task"] = slurm.partition, slurm.time, slurm.cpus_per_task
