@@ -113,6 +113,20 @@ def test_pruned_drops_params_and_round_trips_bit_exact(model, wan_dir, tmp_path,
     assert loaded.units() == ["blocks.1"] and loaded.num_params() == student.num_params()
     assert torch.equal(loaded.sample_latents(PROMPTS, SEEDS), got)
     assert torch.equal(loaded.decode(got), student.decode(got))
+    # the frozen text encoder and VAE are the published files, hard-linked (11 GB at 1.3B), not written again
+    loaded.save(tmp_path / "s2")  # a student of a student links to the same files
+    for part in ("text_encoder", "vae"):
+        (weights,) = [f for f in (wan_dir / part).iterdir() if f.suffix == ".safetensors"]
+        assert (tmp_path / "s" / part / weights.name).stat().st_ino == weights.stat().st_ino
+        assert (tmp_path / "s2" / part / weights.name).stat().st_ino == weights.stat().st_ino
+        assert (tmp_path / "s" / part / "config.json").stat().st_ino != (wan_dir / part / "config.json").stat().st_ino
+    (weights,) = [f for f in (wan_dir / "transformer").iterdir() if f.suffix == ".safetensors"]
+    assert (tmp_path / "s" / "transformer" / weights.name).stat().st_ino != weights.stat().st_ino  # trained: its own
+    source_config = (wan_dir / "vae" / "config.json").read_text()
+    (tmp_path / "s" / "vae" / "config.json").write_text("{}")  # a person edits the student's config: a copy
+    assert (wan_dir / "vae" / "config.json").read_text() == source_config
+    student.save(tmp_path / "s")  # saving over an old student replaces its files
+    assert (tmp_path / "s" / "vae" / "config.json").read_text() == source_config
 
 
 def test_one_redpo_step_changes_weights_and_lowers_the_loss(model):

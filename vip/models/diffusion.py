@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,6 +58,37 @@ def weights_file(folder: Path) -> str:
         if (folder / name).is_file():
             return name
     return WEIGHTS
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def save_frozen(component: nn.Module, folder: Path) -> None:
+    """A frozen component (text encoder, VAE: never trained) is the folder it was read from, so that
+    folder's weight files are hard-linked (other files copied) instead of written again: a stage's student then costs its denoiser
+    only (Wan's text encoder alone is 11 GB), in the published precision, and stays whole if the
+    source is deleted. Across file systems the files are copied; a component not read from a folder
+    is saved."""
+    config = getattr(component, "config", None)  # diffusers: a dict that records where it was read from
+    source = getattr(component, "name_or_path", "") or (config.get("_name_or_path", "") if isinstance(config, dict) else "")
+    source, folder = (Path(source) if source else None), Path(folder)
+    if source is not None and source.resolve() == folder.resolve():
+        return  # saved onto where it was read from: the files are its weights already
+    if folder.exists():  # writing into old files could write through a hard link into another model's
+        shutil.rmtree(folder)
+    if source is None or not source.is_dir() or not (source / "config.json").is_file():
+        component.save_pretrained(folder)
+        return
+    for src in sorted(p for p in source.rglob("*") if p.is_file()):
+        dst = folder / src.relative_to(source)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.suffix not in WEIGHT_SUFFIXES:  # configs are small, and a person may edit one: a copy
+            shutil.copy2(src, dst)
+            continue
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(src, dst)
 
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -229,11 +262,11 @@ class DiffusionVideoModel(VideoModel):
         directory = Path(directory)
         self.denoiser.save_pretrained(directory / self.denoiser_dir)
         with quiet_transformers():
-            self.text_encoder.save_pretrained(directory / "text_encoder")
+            save_frozen(self.text_encoder, directory / "text_encoder")
         self.tokenizer.save_pretrained(directory / "tokenizer")
         self.scheduler.save_pretrained(directory / "scheduler")
         if hasattr(self.codec, "vae"):
-            self.codec.vae.save_pretrained(directory / "vae")
+            save_frozen(self.codec.vae, directory / "vae")
         (directory / META_FILE).write_text(json.dumps(self.meta, indent=2) + "\n")
         (directory / REMOVED_UNITS_FILE).write_text(json.dumps(self.removed, indent=2) + "\n")
 

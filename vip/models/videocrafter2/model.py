@@ -22,7 +22,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from vip.config import ConfigError, ModelConfig
 from vip.models.base import VideoModel, resolve_dtype
-from vip.models.diffusion import quiet_transformers
+from vip.models.diffusion import quiet_transformers, save_frozen
 from vip.models.videocrafter2.scheduler import VideoCrafterDDIMScheduler
 from vip.models.videocrafter2.unet3d import Block, SkippedBlock, VideoCrafterUNet3D
 
@@ -176,9 +176,9 @@ class VideoCrafter2Model(VideoModel):
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         self.unet.save_pretrained(directory / "unet")
-        self.vae.save_pretrained(directory / "vae")
+        save_frozen(self.vae, directory / "vae")
         with quiet_transformers():
-            self.text_encoder.save_pretrained(directory / "text_encoder")
+            save_frozen(self.text_encoder, directory / "text_encoder")
         self.tokenizer.save_pretrained(directory / "tokenizer")
         self.scheduler.save_pretrained(directory / "scheduler")
         (directory / "vip_model.json").write_text(json.dumps(self.meta, indent=2) + "\n")
