@@ -49,3 +49,11 @@ def held_job() -> str:
 
 def restart_count() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def cancel_jobs_named(prefix: str) -> None:
+    """scancel every queued job whose name starts with prefix (a test's own jobs)."""
+    ids = [ln.rsplit("|", 1)[1] for ln in sh("squeue", "-h", "-r", "--me", "-o", "%j|%i").splitlines()
+           if ln.startswith(prefix)]
+    if ids:
+        subprocess.run(["scancel", *ids], timeout=60)

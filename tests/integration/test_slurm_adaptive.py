@@ -3,12 +3,11 @@ job (loo_round<r>) plans the next round from the scores on disk and submits it; 
 it submits selection. The result equals the local executor's round for round."""
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
-from slurm_helpers import make_ctx, sh, wait_for
+from slurm_helpers import cancel_jobs_named, make_ctx, wait_for
 from vip.orchestrate import driver, submit
 from vip.orchestrate.ledger import Ledger
 from vip.steps import loo
@@ -25,10 +24,7 @@ OVERRIDES = ["model.steps=4", "prompts.eval_count=8", "select.k=1", "loo.units_p
 @pytest.fixture
 def cancel_ours():
     yield
-    ids = [ln.rsplit("|", 1)[1] for ln in sh("squeue", "-h", "-r", "--me", "-o", "%j|%i").splitlines()
-           if ln.startswith(f"vip-{NAME}")]
-    if ids:
-        subprocess.run(["scancel", *ids], timeout=60)
+    cancel_jobs_named(f"vip-{NAME}")
 
 
 def test_rounds_are_chained_by_continuations_and_match_the_local_run(tmp_path, cancel_ours):

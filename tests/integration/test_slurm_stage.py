@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import SLURM, sh, wait_for
+from slurm_helpers import SLURM, cancel_jobs_named, sh, wait_for
 from test_stage_loop import ARGS
 from vip.orchestrate import slurm, submit
 from vip.orchestrate.ledger import Ledger
@@ -40,10 +40,7 @@ def _our_jobs(name=NAME) -> list[str]:
 @pytest.fixture
 def cancel_ours():
     yield
-    ids = [ln.rsplit("|", 1)[1] for ln in sh("squeue", "-h", "-r", "--me", "-o", "%j|%i").splitlines()
-           if ln.startswith(f"vip-{NAME}")]
-    if ids:
-        subprocess.run(["scancel", *ids], timeout=60)
+    cancel_jobs_named(f"vip-{NAME}")
 
 
 def _check_pairs(stage_dir: Path) -> None:
