@@ -10,6 +10,7 @@ from vip import config
 from vip.orchestrate import driver
 from vip.orchestrate.status import stage_status
 from vip.perf.adaptive import adaptive_loo, from_table
+from vip.report.build import write_report
 from vip.steps import loo
 from vip.store import IncompleteError, RunDir, read_h5
 
@@ -60,7 +61,13 @@ def test_adaptive_rounds_match_the_replay_of_the_exhaustive_table(tmp_path, untr
     # every scored cell is the exhaustive run's value (other tasks and batches, same seeds)
     np.testing.assert_allclose(merged["scores"][scored], exhaustive["scores"][scored], atol=1e-5)
     assert sel["chosen"] == replay.selection.chosen
-    assert json.loads((ctx.dir / "selection.json").read_text())["chosen"] == replay.selection.chosen
+    record = json.loads((ctx.dir / "selection.json").read_text())
+    assert record["chosen"] == replay.selection.chosen
+    assert record["samples_seen"] == {loo.FULL: 8, **replay.prompts_seen}
+    assert "samples_seen" not in json.loads((full_ctx.dir / "selection.json").read_text())  # exhaustive: all 8
+    html = write_report(ctx.run.path).read_text()
+    saved = round(100 * (1 - replay.clips / replay.exhaustive_clips))
+    assert f"{replay.clips} of {replay.exhaustive_clips} clips ({saved}% saved)" in html
 
     row = dict((step, (state, detail)) for step, state, detail in stage_status(ctx.run, 1))["loo"]
     assert row[0] == "done" and row[1].startswith("adaptive round 3 of at most 3")

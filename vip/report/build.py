@@ -195,6 +195,16 @@ class Builder:
         if isinstance(before, int) and isinstance(after, int) and before:
             parts.append(f" Denoiser parameters {before:,} → {after:,} ({100 * (after - before) / before:+.1f}%).")
         out.append(Para(parts))
+        seen = sel.get("samples_seen")
+        if seen:  # adaptive leave-one-out
+            full = max(seen.values())
+            early = {u: c for u, c in seen.items() if c < full}
+            clips = sum(seen.values())
+            out.append(Para([f"Adaptive leave-one-out: {len(early)} of {len(seen) - 1} units were settled out of both "
+                             f"rankings before the last round and scored on fewer samples (their Δ is over those): ",
+                             ", ".join(f"{u} ({c})" for u, c in sorted(early.items(), key=lambda x: (x[1], x[0]))),
+                             f". {clips} of {full * len(seen)} clips ({100 * (1 - clips / (full * len(seen))):.0f}% "
+                             "saved)."]))
         d, params = sel["delta"], sel.get("unit_params", {})
         rows, classes = [], []
         for i, (ut, uc) in enumerate(zip(sel["by_total"], sel["by_tc"])):

@@ -94,8 +94,11 @@ def run(ctx: StageContext) -> Selection:
     if pruned_path(ctx).exists():
         shutil.rmtree(pruned_path(ctx))
     tmp.replace(pruned_path(ctx))
+    seen = dict(zip(variants, arrays["samples_seen"].tolist())) if "samples_seen" in arrays else {}
     record = {
         **asdict(sel), "k": ctx.cfg.select.k, "unit_params": params,
+        # adaptive leave-one-out: samples each variant was scored on (the full model: all of them)
+        **({"samples_seen": seen} if len(set(seen.values())) > 1 else {}),
         "params_before": int(attrs["model_params"]), "params_after": student.num_params(),
         "config_sha256": ctx.cfg.hash(),
     }
