@@ -198,13 +198,14 @@ class Config:
         d.pop("runtime")
         d.pop("slurm")
         d["train"].pop("nprocs")
-        if not d["loo"]["adaptive"]:  # exhaustive: these keys change nothing, and runs planned before they existed stay valid
+        if not d["loo"]["adaptive"]:  # these keys change nothing then, and runs planned before they existed stay valid
             for key in ("adaptive", "adaptive_z", "adaptive_first"):
                 d["loo"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-_POSITIVE = {"loo.units_per_task", "loo.batch_size", "loo.adaptive_z", "loo.adaptive_first", "select.k", "model.steps", "prompts.seeds_per_prompt",
+_POSITIVE = {"loo.units_per_task", "loo.batch_size", "loo.adaptive_z", "loo.adaptive_first", "select.k", "model.steps",
+             "prompts.seeds_per_prompt",
              "filter.prompts_per_task", "filter.concurrency", "filter.timeout_s", "curate.seeds_per_prompt",
              "curate.samples_per_task", "curate.batch_size", "train.epochs", "train.batch_size", "train.grad_accum",
              "train.lr", "train.beta", "train.keep_checkpoints", "train.nprocs",

@@ -65,12 +65,13 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 def save_frozen(component: nn.Module, folder: Path) -> None:
     """A frozen component (text encoder, VAE: never trained) is the folder it was read from, so that
-    folder's weight files are hard-linked (other files copied) instead of written again: a stage's student then costs its denoiser
-    only (Wan's text encoder alone is 11 GB), in the published precision, and stays whole if the
-    source is deleted. Across file systems the files are copied; a component not read from a folder
-    is saved."""
+    folder's weight files are hard-linked (other files copied) instead of written again: a stage's
+    student then costs its denoiser only (Wan's text encoder alone is 11 GB), in the published
+    precision, and stays whole if the source is deleted. Across file systems the files are copied;
+    a component not read from a folder is saved."""
     config = getattr(component, "config", None)  # diffusers: a dict that records where it was read from
-    source = getattr(component, "name_or_path", "") or (config.get("_name_or_path", "") if isinstance(config, dict) else "")
+    source = getattr(component, "name_or_path", "") or (
+        config.get("_name_or_path", "") if isinstance(config, dict) else "")
     source, folder = (Path(source) if source else None), Path(folder)
     if source is not None and source.resolve() == folder.resolve():
         return  # saved onto where it was read from: the files are its weights already
