@@ -20,9 +20,9 @@ def stage_status(run: RunDir, stage: int) -> list[tuple[str, str, str]]:
     row = _tasks_row("loo", d / "loo", planned)
     if planned and "adaptive" in planned:  # the task count grows round by round
         a = planned["adaptive"]
-        row = (row[0], row[1] if not loo.rounds_left(planned) or row[1] != "done" else "partial",
-               f"adaptive round {len(a['rounds'])} of at most {len(a['ends'])}, "
-               f"{len(a['rounds'][-1]['variants']) - 1} units in play; " + row[2])
+        state = "partial" if row[1] == "done" and loo.rounds_left(planned) else row[1]  # more rounds to plan
+        row = (row[0], state, f"adaptive round {len(a['rounds'])} of at most {len(a['ends'])}, "
+                              f"{len(a['rounds'][-1]['variants']) - 1} units in play; " + row[2])
     rows.append(row)
     rows.append(("merge", "done" if (d / "loo.h5").is_file() else "missing", str(d / "loo.h5")))
     sel = read_json(d / "selection.json")

@@ -71,7 +71,7 @@ WHAT = {  # what each job runs, for dry-run headers and messages
 
 
 def _what(step: str) -> str:
-    return WHAT.get(step) or WHAT[step.rstrip("0123456789")]  # loo_round3 -> loo_round
+    return WHAT["loo_round"] if step.startswith("loo_round") else WHAT[step]  # loo_round3: one per round
 
 
 class DriverBusyError(slurm.SlurmError):
@@ -773,16 +773,15 @@ def stage_costs(cfg: Config, stage: int, todo: dict[str, list[int]], n_variants:
     out = []
     for step, tasks in todo.items():
         c = StepCost(stage, step, len(tasks), clip_s=clip_s, gpus=0)
-        if step == "loo" and cfg.loo.adaptive:  # later rounds depend on scores: the exhaustive count bounds it
-            c.step, c.clips, samples = "loo (at most)", n_variants * n_samples, n_samples
-            c.gpus = array_gpus
-            c.bytes = loo_bytes(c.clips, samples, len(tasks))
-        elif step == "loo":
-            per_task = loo_task_clips(n_variants, n_samples, cfg.loo.units_per_task, cfg.loo.prompts_per_task)
-            c.clips = sum(per_task[i] for i in tasks)
-            per = cfg.loo.prompts_per_task or n_samples
-            chunks = -(-n_samples // per)  # task i covers sample chunk i % chunks
-            samples = sum(min(per, n_samples - (i % chunks) * per) for i in tasks)
+        if step == "loo":
+            if cfg.loo.adaptive:  # later rounds depend on scores: the exhaustive count bounds it
+                c.step, c.clips, samples = "loo (at most)", n_variants * n_samples, n_samples
+            else:
+                per_task = loo_task_clips(n_variants, n_samples, cfg.loo.units_per_task, cfg.loo.prompts_per_task)
+                c.clips = sum(per_task[i] for i in tasks)
+                per = cfg.loo.prompts_per_task or n_samples
+                chunks = -(-n_samples // per)  # task i covers sample chunk i % chunks
+                samples = sum(min(per, n_samples - (i % chunks) * per) for i in tasks)
             c.gpus = array_gpus
             c.bytes = round(known["loo_bytes_per_clip"] * c.clips) if "loo_bytes_per_clip" in known \
                 else loo_bytes(c.clips, samples, len(tasks))

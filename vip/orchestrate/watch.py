@@ -262,10 +262,10 @@ def job_columns(run: RunDir, cfg: Config, stage: int, rows: list[tuple[str, str,
         mine = [el for el in elements if el.step in steps and el.stage in (0 if step == "filter" else stage,)]
         jobs, log = _jobs_and_log(run, steps, step, stage, mine, states)
         out.append((step, _state(run, cfg, state, mine, states), detail, jobs, log))
-    rounds = sorted({el.step for el in elements if el.stage == stage and el.step.startswith("loo_round")},
-                    key=lambda s: int(s.removeprefix("loo_round")))
-    for step, what in [(r, f"plans adaptive leave-one-out round {int(r[9:]) + 1} (or selection) once round "
-                           f"{r[9:]} is done") for r in rounds] + list(CONTINUATIONS.items()):
+    rounds = sorted({int(el.step.removeprefix("loo_round")) for el in elements
+                     if el.stage == stage and el.step.startswith("loo_round")})
+    for step, what in [(f"loo_round{r}", f"plans adaptive leave-one-out round {r + 1} (or selection) once round "
+                                         f"{r} is done") for r in rounds] + list(CONTINUATIONS.items()):
         mine = [el for el in elements if el.step == step and el.stage == stage]
         if mine:
             s = states.get(mine[-1].element, "?")

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vip.rewards.base import ASPECTS
-from vip.steps.select import TC, Selection, choose
+from vip.steps.loo import FULL
+from vip.steps.select import TC, Selection, choose, deltas
 
 TC_INDEX = ASPECTS.index(TC)
 
@@ -101,10 +102,6 @@ def adaptive_loo(score, units: list[str], n_prompts: int, k: int, z: float = 3.0
     active = list(units)
     clips, lo, rounds = 0, 0, []
 
-    def paired(u):  # the unit's scores and the full model's on the same prompts, stored dtype
-        mine = np.concatenate(unit_chunks[u])
-        return np.concatenate(full_chunks)[: len(mine)], mine
-
     for hi in schedule(n_prompts, first):
         idx = list(range(lo, hi))
         full_chunks.append(score(None, idx))
@@ -117,20 +114,19 @@ def adaptive_loo(score, units: list[str], n_prompts: int, k: int, z: float = 3.0
             active = still_in_play(np.concatenate(full_chunks), {u: np.concatenate(unit_chunks[u]) for u in units},
                                    active, k, z)
         rounds.append({"prompts": hi, "active": len(active), "clips": clips})
-    delta = {}
-    for u in units:  # as select.deltas computes it, over the prompts the unit saw
-        f, m = paired(u)
-        d = f.mean(0) - m.mean(0)
-        delta[u] = {a: float(d[j]) for j, a in enumerate(ASPECTS)}
-        delta[u]["total"] = float(d.sum())
+    # the table as the stage's loo.h5 holds it (NaN where a settled unit was not scored): select.deltas
+    table = np.full((len(units) + 1, n_prompts, len(ASPECTS)), np.nan, dtype=full_chunks[0].dtype)
+    table[0] = np.concatenate(full_chunks)
+    for i, u in enumerate(units, 1):
+        mine = np.concatenate(unit_chunks[u])
+        table[i, :len(mine)] = mine
+    delta = deltas(table, [FULL] + units)
     return AdaptiveResult(choose(delta, k), clips, (len(units) + 1) * n_prompts,
                           {u: sum(len(c) for c in unit_chunks[u]) for u in units}, rounds)
 
 
 def from_table(scores: np.ndarray, variants: list[str]):
     """A score function over a recorded loo.h5 table scores[variant, sample, aspect]."""
-    from vip.steps.loo import FULL
-
     row = {v: i for i, v in enumerate(variants)}
 
     def score(unit, idx):
@@ -145,7 +141,6 @@ def bench_adaptive(args) -> list[dict]:
     import json
     from pathlib import Path
 
-    from vip.steps.select import deltas
     from vip.store import read_h5
 
     rows = []
