@@ -3,6 +3,7 @@
     python -m vip.bench loo --config configs/toyvid.yaml [--variants 5] [section.key=value ...]
     python -m vip.bench train --config configs/toyvid.yaml [--steps 10] [section.key=value ...]
     python -m vip.bench gpu-loo [--size 256] [--frames 16] [--steps 25] [--compile] [--json out.json]
+    python -m vip.bench gpu-denoiser [--size 256] [--profile] [--levers name:key=value,...]
     python -m vip.bench gpu-train [--size 256] [--frames 16] [--compile] [--json out.json]
     python -m vip.bench adaptive [--tables runs/demo2/stage1/loo.h5 ...]
 
@@ -252,6 +253,58 @@ def bench_gpu_loo(args) -> dict:
     return result
 
 
+DENOISER_LEVERS = [  # name:key=value,...  (vip/perf/levers.py); each row adds to or swaps one of the above
+    "eager bf16 channels-last", "+ cudnn autotune:cudnn_benchmark=1",
+    "+ flash attention:cudnn_benchmark=1,attention=flash",
+    "+ mem-efficient attention:cudnn_benchmark=1,attention=efficient",
+    "+ cuDNN attention:cudnn_benchmark=1,attention=cudnn",
+    "+ fused QKV:cudnn_benchmark=1,fused_qkv=1",
+    "compiled:cudnn_benchmark=1,compile=default",
+    "compiled, tuned Inductor:cudnn_benchmark=1,compile=tuned",
+]
+
+
+def bench_gpu_denoiser(args) -> list:
+    """The denoiser's levers one by one on the same weights and batch, with where the time goes."""
+    from vip.perf import breakdown, gpu_bench, levers
+    from vip.perf.fast_loo import FastLoo, FastLooOptions
+    from vip.perf.standin_reward import StandInReward
+
+    specs = [levers.parse(s) for s in (args.levers or DENOISER_LEVERS)]
+    shape = gpu_bench.Shape(args.frames, args.size, args.size, args.steps, args.guidance, args.scale)
+    model, parts = gpu_bench.build(shape, args.device)
+    del parts
+    cuda = args.device.startswith("cuda")
+    print(_machine(args.device))
+    print(f"model: {model.num_params() / 1e6:.1f}M denoiser parameters; {shape.frames}x{shape.height}x{shape.width}",
+          flush=True)
+    base = gpu_bench.bench_denoiser_baseline(model, args.iters)
+    print(f"  {'baseline: ' + base['what']:40s} batch {base['batch']:3d}  {1e3 * base['s_per_forward']:8.1f} ms  "
+          f"MFU {_fmt(base['mfu'] and 100 * base['mfu'], '5.1f')}%  peak {_fmt(base['peak_gb'], '.1f')} GB", flush=True)
+
+    def line(r):
+        if "error" in r:
+            return f"  {r['what']:40s} batch {r['batch']:3d}  failed: {r['error']}"
+        return (f"  {r['what']:40s} batch {r['batch']:3d}  {1e3 * r['s_per_forward']:8.1f} ms  "
+                f"{r['samples_per_s']:7.2f} samples/s  MFU {_fmt(r['mfu'] and 100 * r['mfu'], '5.1f')}%  "
+                f"peak {_fmt(r['peak_gb'], '.1f')} GB  first call {r['first_call_s']:.0f} s")
+
+    def show(r):
+        print(line(r), flush=True)
+        if "breakdown" in r:
+            print(breakdown.format_breakdown(r["breakdown"]), flush=True)
+
+    opts = FastLooOptions(batch_clips=args.batch_clips, dtype="bfloat16" if cuda else "float32", channels_last=cuda)
+    with FastLoo(model, StandInReward(), opts) as fl:
+        rows = gpu_bench.sweep_denoiser(fl, 2 * args.batch_clips, base["tflop_per_sample"], specs, args.iters,
+                                        profile=args.profile, on_row=show)
+    print(f"denoiser levers, {shape.frames}x{shape.height}x{shape.width} (peak assumed: {base['peak_assumed']}):")
+    for r in rows:
+        print(line(r))
+    _dump(args, {"shape": vars(shape), "baseline": base, "rows": rows})
+    return rows
+
+
 REDPO_CONFIGS = [  # the first has no checkpointing: its step gives the model FLOPs
     {"name": "plain AdamW, bf16 autocast", "pairs": 2, "optimizer": "adamw"},
     {"name": "plain AdamW + checkpointing every block", "pairs": 8, "optimizer": "adamw", "checkpointing": True},
@@ -298,7 +351,7 @@ def bench_gpu_train(args) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["loo", "train", "train-one", "gpu-loo", "gpu-train", "adaptive"])
+    ap.add_argument("what", choices=["loo", "train", "train-one", "gpu-loo", "gpu-denoiser", "gpu-train", "adaptive"])
     g = ap.add_argument_group("gpu-loo / gpu-train (AnimateDiff size, random weights)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--size", type=int, default=256)
@@ -314,6 +367,9 @@ def main() -> None:
     g.add_argument("--optimizers", default=None, help="gpu-train: only these (adamw,zero2)")
     g.add_argument("--max-pairs", type=int, default=0)
     g.add_argument("--json", default="")
+    g.add_argument("--levers", nargs="*", default=None,
+                   help="gpu-denoiser: name:key=value,... (vip/perf/levers.py); default: the standard sweep")
+    g.add_argument("--profile", action="store_true", help="gpu-denoiser: where each row's time goes, by kernel kind")
     g.add_argument("--tables", nargs="*", default=None, help="adaptive: recorded loo.h5 files")
     ap.add_argument("--steps", type=int, default=None,
                     help="train: timed optimizer steps per configuration (10); gpu-*: DDIM steps (25)")
@@ -325,7 +381,8 @@ def main() -> None:
     with fail_cleanly():
         if args.what.startswith("gpu-"):
             args.steps = args.steps or 25
-            return bench_gpu_loo(args) if args.what == "gpu-loo" else bench_gpu_train(args)
+            return {"gpu-loo": bench_gpu_loo, "gpu-denoiser": bench_gpu_denoiser,
+                    "gpu-train": bench_gpu_train}[args.what](args)
         if args.what == "adaptive":
             from vip.perf.adaptive import bench_adaptive
             return bench_adaptive(args)

@@ -135,3 +135,36 @@ def test_compiled_redpo_step_matches_eager(built):
     assert rows[0]["first_loss"] == pytest.approx(eager[0]["first_loss"], abs=1e-4)
     # regions are uncompiled afterwards: the model is left as it was found
     assert all(m._compiled_call_impl is None for m in gpu_bench._regions(compiled_model.unet))
+
+
+def test_denoiser_sweep_fuses_qkv_and_undoes_it_and_a_refused_lever_is_a_row(built):
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    from vip.perf import levers
+    model, _ = built
+    processors = dict(model.unet.attn_processors)
+    seen = {}
+    specs = [levers.Levers("plain"), levers.Levers("fused", fused_qkv=True),
+             levers.Levers("cudnn attention", attention="cudnn"), levers.Levers("math", attention="math")]
+
+    def on_row(r):  # while a row's levers are applied the module is fused; note what ran
+        seen[r["what"]] = r
+    with FastLoo(model, StandInReward(), FastLooOptions()) as fl:
+        orig = fl.model.unet.fuse_qkv_projections
+
+        def fuse():
+            orig()
+            seen["fused processors"] = {type(p) for p in fl.model.unet.attn_processors.values()}
+        fl.model.unet.fuse_qkv_projections = fuse
+        try:
+            rows = gpu_bench.sweep_denoiser(fl, 2, 1e-3, specs, iters=1, profile=True, on_row=on_row)
+        finally:
+            del fl.model.unet.fuse_qkv_projections
+    assert [r["what"] for r in rows] == ["plain", "fused", "cudnn attention", "math"]
+    assert seen["fused processors"] == {FusedAttnProcessor2_0}
+    assert "error" in rows[2] and "s_per_forward" not in rows[2]  # no cuDNN attention on a CPU
+    assert all("error" not in rows[i] and rows[i]["s_per_forward"] > 0 for i in (0, 1, 3))
+    assert rows[0]["breakdown"]["kinds"]["convolution"]["tflop"] > 0
+    # unfused afterwards: the processors are the ones found, and no fused weights linger
+    assert {k: type(v) for k, v in model.unet.attn_processors.items()} == {k: type(v) for k, v in processors.items()}
+    assert not any(getattr(m, "fused_projections", False) for m in model.unet.modules())

@@ -123,6 +123,48 @@ def bench_denoiser(fl: FastLoo, batch: int, tflop_per_sample: float, iters: int 
             "mfu": mfu(fl_, s, peak), "peak_gb": peak_mem_gb(dev), "first_call_s": first, "peak_assumed": peak_name}
 
 
+def sweep_denoiser(fl: FastLoo, batch: int, tflop_per_sample: float, levers: list, iters: int = 10,
+                   profile: bool = False, on_row=None) -> list[dict]:
+    """The gated denoiser of an open eager engine at this batch under each Levers (vip/perf/levers.py),
+    one after the other on the same weights; with `profile`, where each one's time goes
+    (vip/perf/breakdown.py)."""
+    from vip.perf import breakdown, levers as lvs
+
+    model = fl.model
+    dev = model.device
+    cuda = dev.type == "cuda"
+    peak_name, peak = peak_flops() if cuda else ("cpu (no peak)", None)
+    fl.gates.set([[]] * batch, dev)
+    p = next(model.unet.parameters())
+    x = torch.randn(batch, *model.latent_shape, device=dev, dtype=p.dtype)
+    text = model.encode_prompts(PROMPTS[:1] * batch).to(p.dtype)
+    t = torch.tensor(500).expand(batch).to(dev)
+    rows = []
+    for lv in levers:
+        reset_peak(dev)
+        row = {"what": lv.name, "levers": lv, "batch": batch, "tflop_per_forward": batch * tflop_per_sample}
+        try:
+            with lvs.applied(model.unet, lv) as den, lvs.call_context(lv), torch.no_grad():
+                def fwd():
+                    model.predict(x, t, text, denoiser=den)
+                t0 = time.perf_counter()
+                fwd()
+                sync(dev)
+                row["first_call_s"] = time.perf_counter() - t0
+                s = median_time(fwd, iters, 1, dev)
+                row.update(s_per_forward=s, samples_per_s=batch / s, peak_gb=peak_mem_gb(dev),
+                           mfu=mfu(batch * tflop_per_sample * 1e12, s, peak))
+                if profile:
+                    row["breakdown"] = breakdown.breakdown(fwd, cuda, peak)
+        except Exception as e:  # one lever a kernel refuses (a backend that does not take this shape) is a row
+            row["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+        row["peak_assumed"] = peak_name
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
 def pipeline_loo(parts: dict, variants: list[str], prompts: list[str], seeds: list[int], shape: Shape, reward,
                  device: str) -> tuple[np.ndarray, dict]:
     """What one writes with diffusers alone: for each variant build an AnimateDiffPipeline (fp16 on a
