@@ -314,9 +314,8 @@ REDPO_CONFIGS = [  # the first has no checkpointing: its step gives the model FL
 ]
 REDPO_COMPILE_CONFIGS = [  # --compile: eager against regional torch.compile (policy and teacher) at the same batch
     {"name": "plain AdamW, bf16 autocast", "pairs": 2, "optimizer": "adamw"},
-    {"name": "plain AdamW, compiled", "pairs": 2, "optimizer": "adamw", "compile": True},
-    {"name": "plain AdamW + checkpointing every block", "pairs": 8, "optimizer": "adamw", "checkpointing": True},
-    {"name": "plain AdamW + every block, compiled", "pairs": 8, "optimizer": "adamw", "checkpointing": True,
+    {"name": "plain AdamW + checkpointing every block", "pairs": 16, "optimizer": "adamw", "checkpointing": True},
+    {"name": "plain AdamW + every block, compiled", "pairs": 16, "optimizer": "adamw", "checkpointing": True,
      "compile": True},
 ]
 
@@ -339,7 +338,16 @@ def bench_gpu_train(args) -> list:
                 + (f"  compile {r['compile_s']:.0f} s" if r.get("compile_s") is not None else "")
                 + (f"  {r['error']}" if "error" in r else ""))
 
-    rows = gpu_bench.bench_redpo(model, configs, args.iters, args.device, on_row=lambda r: print(line(r), flush=True))
+    if args.profile:  # where the last configuration's step time goes
+        configs[-1] = dict(configs[-1], profile=True)
+
+    def show(r):
+        print(line(r), flush=True)
+        if "breakdown" in r:
+            from vip.perf.breakdown import format_breakdown
+            print(format_breakdown(r["breakdown"]), flush=True)
+
+    rows = gpu_bench.bench_redpo(model, configs, args.iters, args.device, on_row=show)
     print(_machine(args.device))
     print(f"ReDPO step, {model.num_params() / 1e6:.1f}M policy + frozen bf16 teacher (reference and SFT target), "
           f"{shape.frames}x{shape.height}x{shape.width}; peak assumed: {rows[0]['peak_assumed']}")
@@ -369,7 +377,7 @@ def main() -> None:
     g.add_argument("--json", default="")
     g.add_argument("--levers", nargs="*", default=None,
                    help="gpu-denoiser: name:key=value,... (vip/perf/levers.py); default: the standard sweep")
-    g.add_argument("--profile", action="store_true", help="gpu-denoiser: where each row's time goes, by kernel kind")
+    g.add_argument("--profile", action="store_true", help="gpu-denoiser: where each row's time goes, by kernel kind; gpu-train: the last configuration's")
     g.add_argument("--tables", nargs="*", default=None, help="adaptive: recorded loo.h5 files")
     ap.add_argument("--steps", type=int, default=None,
                     help="train: timed optimizer steps per configuration (10); gpu-*: DDIM steps (25)")

@@ -128,13 +128,15 @@ def test_compiled_redpo_step_matches_eager(built):
     eager = gpu_bench.bench_redpo(copy.deepcopy(model), [{"name": "eager", "pairs": 1, "optimizer": "adamw"}],
                                   steps=1, device="cpu")
     compiled_model = copy.deepcopy(model)
+    # compiled with every block checkpointed: the checkpoint sits inside each compiled region
     rows = gpu_bench.bench_redpo(compiled_model, [{"name": "compiled", "pairs": 1, "optimizer": "adamw",
-                                                   "compile": True}], steps=1, device="cpu")
+                                                   "compile": True, "checkpointing": True}], steps=1, device="cpu")
     assert "error" not in rows[0], rows[0].get("error")
     assert rows[0]["compiled"] and rows[0]["pairs_per_s"] > 0 and rows[0]["compile_s"] is not None
     assert rows[0]["first_loss"] == pytest.approx(eager[0]["first_loss"], abs=1e-4)
-    # regions are uncompiled afterwards: the model is left as it was found
+    # regions are uncompiled and unwrapped afterwards: the model is left as it was found
     assert all(m._compiled_call_impl is None for m in gpu_bench._regions(compiled_model.unet))
+    assert not any(type(m).__name__ == "Checkpointed" for m in compiled_model.unet.modules())
 
 
 def test_denoiser_sweep_fuses_qkv_and_undoes_it_and_a_refused_lever_is_a_row(built):

@@ -15,7 +15,7 @@ import torch
 
 from vip.models.motion_unet import SkippedUnit
 from vip.perf import real_configs
-from vip.perf.checkpointing import Checkpointed, checkpoint_every_block, undo
+from vip.perf.checkpointing import checkpoint_every_block, undo
 from vip.perf.fast_loo import FULL, FastLoo, FastLooOptions
 from vip.perf.flops import count_flops, mfu, peak_flops
 from vip.perf.standin_reward import StandInReward
@@ -240,18 +240,19 @@ def bench_loo(fl: FastLoo, parts: dict, shape: Shape, n_prompts: int, baseline_v
 
 
 def _regions(unet):
-    """The repeated blocks of a UNetMotionModel: every ResNet, spatial transformer and motion module."""
+    """The repeated blocks of a UNetMotionModel: every ResNet, spatial transformer and motion module
+    (its checkpoint wrapper where it has one, so the compiled region holds the checkpoint)."""
     for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
         for name in ("resnets", "attentions", "motion_modules"):
-            for m in getattr(block, name, None) or []:
-                yield m.block if isinstance(m, Checkpointed) else m
+            yield from getattr(block, name, None) or []
 
 
 def compile_regions(unet, backend: str = "inductor") -> int:
     """Regional compilation: each repeated block compiled in place (nn.Module.compile, mode default,
     static shapes), the glue (embeddings, convs in and out, resamplers) left eager. Blocks of one
-    class and shape share a graph; the module tree, state dict and checkpoint wrappers
-    (vip/perf/checkpointing.py, which call the block itself) are unchanged. Returns the count."""
+    class and shape share a graph; the module tree and state dict are unchanged. A checkpoint
+    wrapper (vip/perf/checkpointing.py) is compiled with its block inside, so the checkpoint is
+    part of the graph (no break) and the backward recomputes compiled code. Returns the count."""
     cfg = torch._dynamo.config
     for key, most in (("recompile_limit", 512), ("cache_size_limit", 512),
                       ("accumulated_recompile_limit", 8192), ("accumulated_cache_size_limit", 8192)):
@@ -377,6 +378,9 @@ def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool) ->
             fpp = count_flops(step) / b
         s = median_time(step, steps, 1, device)
         row = {"pairs_per_s": b / s, "s_per_step": s, "peak_gb": peak_mem_gb(device)}
+        if c.get("profile"):  # executed FLOPs here: recomputation counts
+            from vip.perf.breakdown import breakdown
+            row["breakdown"] = breakdown(step, cuda, peak_flops()[1] if cuda else None)
         if c.get("compile"):  # the first step less a steady one: compilation (and autotuning) time
             row["compile_s"] = first - s
     except torch.OutOfMemoryError:
