@@ -42,11 +42,13 @@ def test_gated_variants_in_shared_batches_equal_units_off_one_at_a_time(built):
     variants = [FULL] + model.units()[:3]
     reward = StandInReward()
     ref = np.stack([evaluate(model, reward, PROMPTS, SEEDS, 2, [] if v == FULL else [v]) for v in variants])
-    with FastLoo(model, reward, FastLooOptions(batch_clips=3)) as fl:  # batches mix variants
+    # batches mix variants; the motion attention written out (the GPU default) computes the same
+    with FastLoo(model, reward, FastLooOptions(batch_clips=3, short_attention=True)) as fl:
         got = fl.run(variants, PROMPTS, SEEDS)
     assert np.abs(ref[1:] - ref[0]).max() > 1e-3  # removing a unit changes the scores: the check has teeth
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert all(type(m).__name__ != "GatedUnit" for m in model.unet.modules())  # gates gone on exit
+    assert all(type(p).__name__ == "AttnProcessor2_0" for p in model.unet.attn_processors.values())
 
 
 def test_our_sampler_is_the_diffusers_pipeline_loop(built):
@@ -170,3 +172,35 @@ def test_denoiser_sweep_fuses_qkv_and_undoes_it_and_a_refused_lever_is_a_row(bui
     # unfused afterwards: the processors are the ones found, and no fused weights linger
     assert {k: type(v) for k, v in model.unet.attn_processors.items()} == {k: type(v) for k, v in processors.items()}
     assert not any(getattr(m, "fused_projections", False) for m in model.unet.modules())
+
+
+def test_short_sequence_attention_equals_sdpa_in_every_motion_module(built):
+    from vip.perf import short_attention
+    from vip.perf.short_attention import ShortSequenceAttnProcessor
+    model, _ = built
+    unet = model.unet
+    attns = short_attention.motion_attentions(unet)
+    assert len(attns) == 2 * len(model.units())  # two temporal self-attentions per motion module
+    x = torch.randn(2, *model.latent_shape)
+    text = model.encode_prompts(PROMPTS[:1] * 2)
+    t = torch.tensor([10, 700])
+    fast_calls = []
+    orig = ShortSequenceAttnProcessor.__call__
+
+    def spy(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *a, **k):
+        fast_calls.append(encoder_hidden_states is None and attention_mask is None)
+        return orig(self, attn, hidden_states, encoder_hidden_states, attention_mask, *a, **k)
+    with torch.no_grad():
+        ref = model.predict(x, t, text)
+        saved = short_attention.use_short_attention(unet)
+        ShortSequenceAttnProcessor.__call__ = spy
+        try:
+            got = model.predict(x, t, text)
+        finally:
+            ShortSequenceAttnProcessor.__call__ = orig
+            short_attention.restore(saved)
+        again = model.predict(x, t, text)
+    assert len(fast_calls) == len(attns) and all(fast_calls)  # every motion attention took the written-out path
+    assert (got - ref).abs().max() < 1e-5 * ref.abs().max() + 1e-6
+    assert torch.equal(again, ref)  # restored: SDPA again
+    assert all(type(a.processor).__name__ != "ShortSequenceAttnProcessor" for a in attns)

@@ -47,7 +47,8 @@ def test_flops_and_time_by_kind_of_a_conv_and_a_matmul():
 
 def test_levers_parse_and_refuse():
     lv = levers.parse("fast:cudnn_benchmark=1,attention=flash,fused_qkv=yes,compile=tuned")
-    assert lv == levers.Levers("fast", True, "flash", True, "tuned")
+    assert lv == levers.Levers("fast", cudnn_benchmark=True, attention="flash", fused_qkv=True, compile="tuned")
+    assert levers.parse("s:short_attention=on").short_attention is True
     assert levers.parse("plain") == levers.Levers("plain")
     with pytest.raises(ValueError, match="key one of"):
         levers.parse("x:warp_speed=1")

@@ -77,9 +77,11 @@ def time_by_kind(fn, cuda: bool, calls: int = 2) -> tuple[dict[str, float], list
     return {k: by_kind.get(k, 0.0) for k in KINDS}, kernels[:10]
 
 
-def breakdown(fn, cuda: bool, peak: float | None, calls: int = 2) -> dict:
-    """{kind: {seconds, share, tflop, tflops, mfu}} plus 'top' kernels; fn is warm already."""
-    flops = flops_by_kind(fn)
+def breakdown(fn, cuda: bool, peak: float | None, calls: int = 2, flops: dict | None = None) -> dict:
+    """{kind: {seconds, share, tflop, tflops, mfu}} plus 'top' kernels; fn is warm already. Pass
+    `flops` (flops_by_kind of the eager equivalent) for a compiled fn: under the counter's
+    dispatch mode a compiled function does not run its compiled code."""
+    flops = flops if flops is not None else flops_by_kind(fn)
     times, top = time_by_kind(fn, cuda, calls)
     total = sum(times.values()) or 1.0
     rows = {}

@@ -27,6 +27,7 @@ class FastLooOptions:
     dtype: str = "float32"  # denoiser and text encoder dtype while sampling: float32 | bfloat16 | float16
     channels_last: bool = False
     compile: bool = False  # torch.compile the gated U-Net once; the last batch is padded to keep one shape
+    short_attention: bool = False  # motion modules' 16-frame attention as two bmms (vip/perf/short_attention.py)
 
 
 class FastLoo:
@@ -48,6 +49,10 @@ class FastLoo:
             self.model.text_encoder.to(self.dtype)
         if self.opts.channels_last:
             unet.to(memory_format=torch.channels_last)
+        self._short = []
+        if self.opts.short_attention:
+            from vip.perf.short_attention import use_short_attention
+            self._short = use_short_attention(unet)
         self.gates = UnitGates(unet, self.units)
         if self.opts.compile:
             compiled = torch.compile(unet, dynamic=False)
@@ -59,6 +64,9 @@ class FastLoo:
 
     def __exit__(self, *exc):
         self.gates.remove()
+        if self._short:
+            from vip.perf.short_attention import restore
+            restore(self._short)
         if self.opts.channels_last:
             self.model.denoiser.to(memory_format=torch.contiguous_format)
         if self._restore[0] != self.dtype:

@@ -7,6 +7,7 @@ keep this code alive; figures only mean something on a GPU at scale 1.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -140,13 +141,20 @@ def sweep_denoiser(fl: FastLoo, batch: int, tflop_per_sample: float, levers: lis
     text = model.encode_prompts(PROMPTS[:1] * batch).to(p.dtype)
     t = torch.tensor(500).expand(batch).to(dev)
     rows = []
+    def run_with(den):
+        return lambda: model.predict(x, t, text, denoiser=den)
+
     for lv in levers:
         reset_peak(dev)
         row = {"what": lv.name, "levers": lv, "batch": batch, "tflop_per_forward": batch * tflop_per_sample}
         try:
+            flops = None
+            if profile:  # counted on the eager equivalent (the same kernels' work, by kind)
+                eager = dataclasses.replace(lv, compile=None)
+                with lvs.applied(model.unet, eager) as den, lvs.call_context(eager), torch.no_grad():
+                    flops = breakdown.flops_by_kind(run_with(den))
             with lvs.applied(model.unet, lv) as den, lvs.call_context(lv), torch.no_grad():
-                def fwd():
-                    model.predict(x, t, text, denoiser=den)
+                fwd = run_with(den)
                 t0 = time.perf_counter()
                 fwd()
                 sync(dev)
@@ -155,7 +163,7 @@ def sweep_denoiser(fl: FastLoo, batch: int, tflop_per_sample: float, levers: lis
                 row.update(s_per_forward=s, samples_per_s=batch / s, peak_gb=peak_mem_gb(dev),
                            mfu=mfu(batch * tflop_per_sample * 1e12, s, peak))
                 if profile:
-                    row["breakdown"] = breakdown.breakdown(fwd, cuda, peak)
+                    row["breakdown"] = breakdown.breakdown(fwd, cuda, peak, flops=flops)
         except Exception as e:  # one lever a kernel refuses (a backend that does not take this shape) is a row
             row["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
         row["peak_assumed"] = peak_name

@@ -1,6 +1,7 @@
 """Denoiser speed levers, each switchable and restored on exit, so one process can measure them
 side by side on the same weights: cuDNN autotuning, a forced attention kernel, fused QKV
-projections, and torch.compile with default or tuned Inductor settings.
+projections, short-sequence attention in the motion modules, and torch.compile with default or
+tuned Inductor settings.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class Levers:
     cudnn_benchmark: bool = False
     attention: str | None = None  # None: PyTorch's own choice per call; else one SDPA backend for every call
     fused_qkv: bool = False  # diffusers' fuse_qkv_projections(): one GEMM for q, k and v
+    short_attention: bool = False  # motion modules' attention written out (vip/perf/short_attention.py)
     compile: str | None = None  # None | default | tuned (diffusers' recommended Inductor flags)
 
     def __post_init__(self):
@@ -58,11 +60,14 @@ def applied(module: torch.nn.Module, lv: Levers):
     levers applied; everything is undone on exit."""
     prev_bench = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = lv.cudnn_benchmark
-    fused = False
+    fused, short = False, []
     try:
         if lv.fused_qkv and hasattr(module, "fuse_qkv_projections"):
             module.fuse_qkv_projections()
             fused = True
+        if lv.short_attention:  # after fusing, which sets one processor everywhere
+            from vip.perf.short_attention import use_short_attention
+            short = use_short_attention(module)
         fn = module
         if lv.compile is not None:
             torch._dynamo.reset()  # a graph compiled under other settings must not be reused
@@ -71,6 +76,9 @@ def applied(module: torch.nn.Module, lv: Levers):
         yield fn
     finally:
         torch.backends.cudnn.benchmark = prev_bench
+        if short:
+            from vip.perf.short_attention import restore
+            restore(short)
         if fused:
             _unfuse(module)
         if lv.compile is not None:
@@ -98,7 +106,7 @@ def parse(spec: str) -> Levers:
         if not eq or key not in Levers.__dataclass_fields__ or key == "name":
             raise ValueError(f"lever {item!r} in {spec!r}: expected key=value with key one of "
                              f"{[k for k in Levers.__dataclass_fields__ if k != 'name']}")
-        if key in ("cudnn_benchmark", "fused_qkv"):
+        if key in ("cudnn_benchmark", "fused_qkv", "short_attention"):
             kw[key] = value.lower() in ("1", "true", "yes", "on")
         else:
             kw[key] = None if value.lower() in ("", "none") else value
