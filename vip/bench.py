@@ -266,12 +266,14 @@ DENOISER_LEVERS = [  # name:key=value,...  (vip/perf/levers.py); each row adds t
 
 def bench_gpu_denoiser(args) -> list:
     """The denoiser's levers one by one on the same weights and batch, with where the time goes."""
-    from vip.perf import breakdown, gpu_bench, levers
+    from vip.perf import gpu_bench, levers
     from vip.perf.fast_loo import FastLoo, FastLooOptions
     from vip.perf.standin_reward import StandInReward
 
-    specs = [levers.parse(s) for s in (args.levers or DENOISER_LEVERS)]
     shape = gpu_bench.Shape(args.frames, args.size, args.size, args.steps, args.guidance, args.scale)
+    if args.backbone != "animatediff":
+        return bench_backbone_denoiser(args, shape)
+    specs = [levers.parse(s) for s in (args.levers or DENOISER_LEVERS)]
     model, parts = gpu_bench.build(shape, args.device)
     del parts
     cuda = args.device.startswith("cuda")
@@ -282,27 +284,46 @@ def bench_gpu_denoiser(args) -> list:
     print(f"  {'baseline: ' + base['what']:40s} batch {base['batch']:3d}  {1e3 * base['s_per_forward']:8.1f} ms  "
           f"MFU {_fmt(base['mfu'] and 100 * base['mfu'], '5.1f')}%  peak {_fmt(base['peak_gb'], '.1f')} GB", flush=True)
 
-    def line(r):
-        if "error" in r:
-            return f"  {r['what']:40s} batch {r['batch']:3d}  failed: {r['error']}"
-        return (f"  {r['what']:40s} batch {r['batch']:3d}  {1e3 * r['s_per_forward']:8.1f} ms  "
-                f"{r['samples_per_s']:7.2f} samples/s  MFU {_fmt(r['mfu'] and 100 * r['mfu'], '5.1f')}%  "
-                f"peak {_fmt(r['peak_gb'], '.1f')} GB  first call {r['first_call_s']:.0f} s")
-
-    def show(r):
-        print(line(r), flush=True)
-        if "breakdown" in r:
-            print(breakdown.format_breakdown(r["breakdown"]), flush=True)
-
     opts = FastLooOptions(batch_clips=args.batch_clips, dtype="bfloat16" if cuda else "float32", channels_last=cuda)
     with FastLoo(model, StandInReward(), opts) as fl:
         rows = gpu_bench.sweep_denoiser(fl, 2 * args.batch_clips, base["tflop_per_sample"], specs, args.iters,
-                                        profile=args.profile, on_row=show)
+                                        profile=args.profile, on_row=_show_lever_row)
     print(f"denoiser levers, {shape.frames}x{shape.height}x{shape.width} (peak assumed: {base['peak_assumed']}):")
     for r in rows:
-        print(line(r))
+        print(_lever_line(r))
     _dump(args, {"shape": vars(shape), "baseline": base, "rows": rows})
     return rows
+
+
+def _lever_line(r: dict) -> str:
+    if "error" in r:
+        return f"  {r['what']:40s} batch {r['batch']:3d}  failed: {r['error']}"
+    return (f"  {r['what']:40s} batch {r['batch']:3d}  {1e3 * r['s_per_forward']:8.1f} ms  "
+            f"{r['samples_per_s']:7.2f} samples/s  MFU {_fmt(r['mfu'] and 100 * r['mfu'], '5.1f')}%  "
+            f"peak {_fmt(r['peak_gb'], '.1f')} GB  first call {r['first_call_s']:.0f} s")
+
+
+def _show_lever_row(r: dict) -> None:
+    from vip.perf.breakdown import format_breakdown
+    print(_lever_line(r), flush=True)
+    if "breakdown" in r:
+        print(format_breakdown(r["breakdown"]), flush=True)
+
+
+def bench_backbone_denoiser(args, shape) -> dict:
+    from vip.perf import gpu_bench, levers
+
+    specs = [levers.parse(s) for s in (args.levers or ["eager bf16", "compiled:compile=default"])]
+    print(_machine(args.device), flush=True)
+    out = gpu_bench.bench_backbone(args.backbone, shape, 2 * args.batch_clips, specs, args.iters, args.device,
+                                   args.profile, on_row=_show_lever_row)
+    print(f"{args.backbone}: {out['params_m']:.1f}M denoiser parameters ({out['units']}); clip "
+          f"{shape.frames}x{shape.height}x{shape.width}, latent {tuple(out['latent_shape'])}; "
+          f"{out['tflop_per_sample']:.2f} TFLOP per sample; peak assumed: {out['rows'][0]['peak_assumed']}")
+    for r in out["rows"]:
+        print(_lever_line(r))
+    _dump(args, {"shape": vars(shape), **out})
+    return out
 
 
 REDPO_CONFIGS = [  # the first has no checkpointing: its step gives the model FLOPs
@@ -363,6 +384,8 @@ def main() -> None:
     g = ap.add_argument_group("gpu-loo / gpu-train (AnimateDiff size, random weights)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--size", type=int, default=256)
+    g.add_argument("--backbone", default="animatediff", choices=["animatediff", "wan2.1-1.3b", "videocrafter2"],
+                   help="gpu-denoiser: which published denoiser (random weights)")
     g.add_argument("--frames", type=int, default=16)
     g.add_argument("--guidance", type=float, default=7.5)
     g.add_argument("--scale", type=int, default=1, help="divide every width by this (CPU tests)")

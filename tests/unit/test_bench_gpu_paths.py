@@ -204,3 +204,32 @@ def test_short_sequence_attention_equals_sdpa_in_every_motion_module(built):
     assert (got - ref).abs().max() < 1e-5 * ref.abs().max() + 1e-6
     assert torch.equal(again, ref)  # restored: SDPA again
     assert all(type(a.processor).__name__ != "ShortSequenceAttnProcessor" for a in attns)
+
+
+@pytest.mark.parametrize("name", ["wan2.1-1.3b", "videocrafter2"])
+def test_backbone_denoiser_bench_runs_the_published_architecture_small(name):
+    from vip.perf import backbones
+    from vip.perf.levers import Levers
+    shape = gpu_bench.Shape(frames=5, height=32, width=32, scale=8)
+    out = gpu_bench.bench_backbone(name, shape, 4, [Levers("eager")], iters=1, device="cpu", profile=True)
+    base, eager = out["rows"]
+    assert base["batch"] == 2 and eager["batch"] == 4 and "error" not in eager
+    assert out["tflop_per_sample"] > 0 and eager["tflop_per_forward"] == pytest.approx(4 * out["tflop_per_sample"])
+    kinds = eager["breakdown"]["kinds"]
+    # the counter has no formula for the CPU's fused attention op: its time shows, its FLOPs do not
+    assert kinds["matmul"]["tflop"] > 0 and kinds["attention"]["seconds"] > 0
+    if name == "videocrafter2":
+        assert kinds["convolution"]["tflop"] > 0
+    d = backbones.build(name, 5, 32, 32, 8)
+    assert d.latent_shape[1] == (2 if name.startswith("wan") else 5)  # Wan's VAE: 1 + 4k frames -> 1 + k
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        backbones.build("sdxl", 5, 32, 32, 8)
+
+
+def test_published_sizes_of_the_other_backbones():
+    from vip.perf import backbones
+    with torch.device("meta"):
+        wan = backbones.build("wan2.1-1.3b", 17, 256, 256, device="meta").module
+        vc2 = backbones.build("videocrafter2", 16, 320, 512, device="meta").module
+    assert round(sum(p.numel() for p in wan.parameters()) / 1e9, 2) == 1.42  # "1.3B" counts without embeddings
+    assert 1.2e9 < sum(p.numel() for p in vc2.parameters()) < 1.5e9

@@ -126,24 +126,31 @@ def bench_denoiser(fl: FastLoo, batch: int, tflop_per_sample: float, iters: int 
 
 def sweep_denoiser(fl: FastLoo, batch: int, tflop_per_sample: float, levers: list, iters: int = 10,
                    profile: bool = False, on_row=None) -> list[dict]:
-    """The gated denoiser of an open eager engine at this batch under each Levers (vip/perf/levers.py),
-    one after the other on the same weights; with `profile`, where each one's time goes
-    (vip/perf/breakdown.py)."""
-    from vip.perf import breakdown, levers as lvs
-
+    """The gated denoiser of an open eager engine at this batch under each Levers (vip/perf/levers.py)."""
     model = fl.model
     dev = model.device
-    cuda = dev.type == "cuda"
-    peak_name, peak = peak_flops() if cuda else ("cpu (no peak)", None)
     fl.gates.set([[]] * batch, dev)
     p = next(model.unet.parameters())
     x = torch.randn(batch, *model.latent_shape, device=dev, dtype=p.dtype)
     text = model.encode_prompts(PROMPTS[:1] * batch).to(p.dtype)
     t = torch.tensor(500).expand(batch).to(dev)
-    rows = []
-    def run_with(den):
-        return lambda: model.predict(x, t, text, denoiser=den)
 
+    def call(den):
+        return lambda: model.predict(x, t, text, denoiser=den)
+    return sweep(model.unet, call, batch, tflop_per_sample, levers, iters, profile, on_row)
+
+
+def sweep(module, call, batch: int, tflop_per_sample: float, levers: list, iters: int = 10,
+          profile: bool = False, on_row=None) -> list[dict]:
+    """`call(den)` gives a no-argument forward through den (module, or what a lever wraps it in);
+    each Levers is applied to module in turn, on the same weights and inputs, and timed; with
+    `profile`, where each one's time goes (vip/perf/breakdown.py)."""
+    from vip.perf import breakdown, levers as lvs
+
+    dev = next(module.parameters()).device
+    cuda = dev.type == "cuda"
+    peak_name, peak = peak_flops() if cuda else ("cpu (no peak)", None)
+    rows = []
     for lv in levers:
         reset_peak(dev)
         row = {"what": lv.name, "levers": lv, "batch": batch, "tflop_per_forward": batch * tflop_per_sample}
@@ -151,10 +158,10 @@ def sweep_denoiser(fl: FastLoo, batch: int, tflop_per_sample: float, levers: lis
             flops = None
             if profile:  # counted on the eager equivalent (the same kernels' work, by kind)
                 eager = dataclasses.replace(lv, compile=None)
-                with lvs.applied(model.unet, eager) as den, lvs.call_context(eager), torch.no_grad():
-                    flops = breakdown.flops_by_kind(run_with(den))
-            with lvs.applied(model.unet, lv) as den, lvs.call_context(lv), torch.no_grad():
-                fwd = run_with(den)
+                with lvs.applied(module, eager) as den, lvs.call_context(eager), torch.no_grad():
+                    flops = breakdown.flops_by_kind(call(den))
+            with lvs.applied(module, lv) as den, lvs.call_context(lv), torch.no_grad():
+                fwd = call(den)
                 t0 = time.perf_counter()
                 fwd()
                 sync(dev)
@@ -171,6 +178,33 @@ def sweep_denoiser(fl: FastLoo, batch: int, tflop_per_sample: float, levers: lis
         if on_row is not None:
             on_row(row)
     return rows
+
+
+def bench_backbone(name: str, shape: Shape, batch: int, levers: list, iters: int, device: str,
+                   profile: bool = False, on_row=None) -> dict:
+    """Wan2.1 1.3B or VideoCrafter2 (vip/perf/backbones.py): the denoiser as a pipeline call runs
+    it (eager, batch 2: one prompt with CFG) against each lever at `batch`, all in bf16 on a GPU."""
+    from vip.perf import backbones
+    from vip.perf.levers import Levers
+
+    cuda = torch.device(device).type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    d = backbones.build(name, shape.frames, shape.height, shape.width, shape.scale, device)
+    d.module.to(dtype).eval().requires_grad_(False)
+    keep = getattr(d.module, "_keep_in_fp32_modules", None) or []
+    for t_name, t in [*d.module.named_parameters(), *d.module.named_buffers()]:
+        if t.is_floating_point() and any(k in t_name.split(".") for k in keep):
+            t.data = t.data.float()  # as from_pretrained(torch_dtype=bf16) leaves them (Wan's norms, rope)
+    small = backbones.inputs(d, 1, device, dtype)
+    with torch.no_grad():
+        per_sample = count_flops(backbones.caller(d, *small)(d.module))
+    base = sweep(d.module, backbones.caller(d, *backbones.inputs(d, 2, device, dtype)), 2, per_sample / 1e12,
+                 [Levers("baseline: eager, batch 2")], iters, False, on_row)
+    rows = sweep(d.module, backbones.caller(d, *backbones.inputs(d, batch, device, dtype)), batch,
+                 per_sample / 1e12, levers, iters, profile, on_row)
+    return {"backbone": name, "params_m": sum(p.numel() for p in d.module.parameters()) / 1e6,
+            "latent_shape": d.latent_shape, "units": d.units, "tflop_per_sample": per_sample / 1e12,
+            "rows": base + rows}
 
 
 def pipeline_loo(parts: dict, variants: list[str], prompts: list[str], seeds: list[int], shape: Shape, reward,
@@ -291,10 +325,12 @@ def bench_redpo(model, configs: list[dict], steps: int, device: str, on_row=None
     if cuda:  # cuDNN's fused attention failed its backward at these batch sizes (torch 2.11, H100)
         torch.backends.cuda.enable_cudnn_sdp(False)
     teacher = copy.deepcopy(model.unet).to(torch.bfloat16 if cuda else torch.float32).requires_grad_(False).eval()
-    rows, flops_per_pair = [], None
+    rows, flops_per_pair, kinds_per_pair = [], None, None
     for c in configs:
-        row, fpp = _redpo_one(model, teacher, c, steps, device, count=flops_per_pair is None and not c.get("compile"))
-        flops_per_pair = flops_per_pair or fpp
+        row, kinds = _redpo_one(model, teacher, c, steps, device, count=flops_per_pair is None and not c.get("compile"),
+                                kinds_per_pair=kinds_per_pair)
+        if kinds is not None and flops_per_pair is None:
+            kinds_per_pair, flops_per_pair = kinds, sum(kinds.values())
         fl = flops_per_pair * c["pairs"] if flops_per_pair else None
         row.update(name=c["name"], pairs=c["pairs"], checkpointing=bool(c.get("checkpointing")),
                    compiled=bool(c.get("compile")),
@@ -308,8 +344,10 @@ def bench_redpo(model, configs: list[dict], steps: int, device: str, on_row=None
     return rows
 
 
-def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool) -> tuple[dict, float | None]:
-    """Everything of one configuration lives in this frame, so it is freed on return."""
+def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool,
+               kinds_per_pair: dict | None) -> tuple[dict, dict | None]:
+    """Everything of one configuration lives in this frame, so it is freed on return. Returns the
+    row and, when `count`, the model FLOPs per pair by kernel kind."""
     from vip.redpo import pair_loss
 
     cuda = torch.device(device).type == "cuda"
@@ -383,12 +421,15 @@ def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool) ->
         sync(device)
         first = time.perf_counter() - t0
         if count:
-            fpp = count_flops(step) / b
+            from vip.perf.breakdown import flops_by_kind
+            fpp = {k: v / b for k, v in flops_by_kind(step).items()}
         s = median_time(step, steps, 1, device)
         row = {"pairs_per_s": b / s, "s_per_step": s, "peak_gb": peak_mem_gb(device)}
-        if c.get("profile"):  # executed FLOPs here: recomputation counts
+        if c.get("profile"):  # model FLOPs by kind (recomputation is not counted), never counted on compiled code
             from vip.perf.breakdown import breakdown
-            row["breakdown"] = breakdown(step, cuda, peak_flops()[1] if cuda else None)
+            per_pair = fpp or kinds_per_pair
+            row["breakdown"] = breakdown(step, cuda, peak_flops()[1] if cuda else None,
+                                         flops=None if per_pair is None else {k: v * b for k, v in per_pair.items()})
         if c.get("compile"):  # the first step less a steady one: compilation (and autotuning) time
             row["compile_s"] = first - s
     except torch.OutOfMemoryError:
