@@ -223,7 +223,7 @@ def bench_gpu_loo(args) -> dict:
     model, parts = gpu_bench.build(shape, args.device)
     cuda = args.device.startswith("cuda")
     opts = FastLooOptions(batch_clips=args.batch_clips, dtype="bfloat16" if cuda else "float32",
-                          channels_last=cuda, compile=args.compile, short_attention=cuda)
+                          channels_last=cuda, compile=args.compile, short_attention=cuda and args.compile)
     print(_machine(args.device))
     print(f"model: {model.num_params() / 1e6:.1f}M denoiser parameters, {len(model.units())} units; "
           f"{shape.frames}x{shape.height}x{shape.width}, {shape.steps} DDIM steps, CFG {shape.guidance}")

@@ -17,6 +17,7 @@ from vip.perf import breakdown, levers
     ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>", "attention"),
     ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80", "attention"),
     ("triton_poi_fused_add_native_group_norm_0", "other"), ("triton_tem_fused_mm_0", "matmul"),
+    ("triton_poi_fused_convolution_silu_3", "other"), ("triton_per_fused__softmax_attention_7", "other"),
     ("void at::native::elementwise_kernel<128, 4>", "other"), ("aten::all", "other"),
 ])
 def test_kernel_kind(name, kind):

@@ -18,10 +18,13 @@ _MM_OPS = {"mm", "addmm", "bmm", "baddbmm", "linear", "matmul", "_addmm_activati
 
 
 def kernel_kind(name: str) -> str:
-    """The kind of a CUDA kernel or aten op, from its name. Attention is tested first (cuDNN's
+    """The kind of a CUDA kernel or aten op, from its name. Inductor's Triton kernels are named
+    after the aten ops they fuse, so they are sorted first. Attention is tested next (cuDNN's
     fused attention kernels are named like convolutions: ..._sdpa_..._fprop_...), then
     convolution (cuDNN's implicit-GEMM kernels say fprop/dgrad/wgrad), then matmul."""
     n = name.lower()
+    if n.startswith("triton_"):  # Inductor's own kernels: templates are GEMMs, the rest fused pointwise or
+        return "matmul" if n.startswith("triton_tem") else "other"  # reductions (a "fused_convolution" is its bias add)
     if any(s in n for s in ("flash", "fmha", "attention", "sdpa", "attn")):
         return "attention"
     if any(s in n for s in ("conv", "implicit_gemm", "fprop", "dgrad", "wgrad")):

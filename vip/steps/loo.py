@@ -138,7 +138,8 @@ def _batched_engine(ctx: StageContext):
                           f"(toyvid, animatediff, wan2.1); backbone {ctx.cfg.model.backbone!r} has none: use 'plain'")
     cuda = ctx.model.device.type == "cuda"
     opts = FastLooOptions(batch_clips=ctx.cfg.loo.batch_size, dtype=str(ctx.model.dtype).removeprefix("torch."),
-                          channels_last=cuda, compile=ctx.cfg.loo.compile, short_attention=cuda)
+                          channels_last=cuda, compile=ctx.cfg.loo.compile,
+                          short_attention=cuda and ctx.cfg.loo.compile)
     return FastLoo(ctx.model, ctx.reward, opts, units=[v for v in plan(ctx)["variants"] if v != FULL])
 
 
