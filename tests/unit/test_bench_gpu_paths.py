@@ -138,7 +138,8 @@ def test_compiled_redpo_step_matches_eager(built):
     assert rows[0]["first_loss"] == pytest.approx(eager[0]["first_loss"], abs=1e-4)
     # regions are uncompiled and unwrapped afterwards: the model is left as it was found
     assert all(m._compiled_call_impl is None for m in gpu_bench._regions(compiled_model.unet))
-    assert not any(type(m).__name__ == "Checkpointed" for m in compiled_model.unet.modules())
+    from vip.perf.checkpointing import blocks, is_checkpointed
+    assert not any(is_checkpointed(m) for m in blocks(compiled_model.unet))
 
 
 def test_denoiser_sweep_fuses_qkv_and_undoes_it_and_a_refused_lever_is_a_row(built):
@@ -233,3 +234,37 @@ def test_published_sizes_of_the_other_backbones():
         vc2 = backbones.build("videocrafter2", 16, 320, 512, device="meta").module
     assert round(sum(p.numel() for p in wan.parameters()) / 1e9, 2) == 1.42  # "1.3B" counts without embeddings
     assert 1.2e9 < sum(p.numel() for p in vc2.parameters()) < 1.5e9
+
+
+def test_checkpointing_every_block_keeps_keys_values_and_gradients(built):
+    from vip.perf.checkpointing import blocks, checkpoint_every_block, is_checkpointed, undo
+    model, _ = built
+    unet = model.unet.train()
+    needed = [p.requires_grad for p in unet.parameters()]
+    unet.requires_grad_(True)
+    keys = list(unet.state_dict())
+    x = torch.randn(1, *model.latent_shape)
+    text = model.encode_prompts(PROMPTS[:1])
+    t = torch.tensor([300])
+
+    def loss_and_grads():
+        unet.zero_grad(set_to_none=True)
+        loss = model.predict(x, t, text).square().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in unet.named_parameters() if p.grad is not None}
+    try:
+        ref_loss, ref = loss_and_grads()
+        checkpoint_every_block(unet)
+        n = sum(is_checkpointed(m) for m in blocks(unet))
+        assert n == len(list(blocks(unet))) > 2 * len(model.units())  # ResNets, attentions and motion modules
+        assert list(unet.state_dict()) == keys  # a saved student keeps the published names
+        loss, got = loss_and_grads()
+        assert torch.equal(loss, ref_loss) and got.keys() == ref.keys()
+        assert all(torch.allclose(got[k], ref[k], atol=1e-6) for k in ref)
+    finally:
+        undo(unet)
+        unet.zero_grad(set_to_none=True)
+        unet.eval()
+        for p, r in zip(unet.parameters(), needed):
+            p.requires_grad_(r)
+    assert not any(is_checkpointed(m) for m in blocks(unet))

@@ -16,7 +16,7 @@ import torch
 
 from vip.models.motion_unet import SkippedUnit
 from vip.perf import real_configs
-from vip.perf.checkpointing import checkpoint_every_block, undo
+from vip.perf.checkpointing import blocks, checkpoint_every_block, undo
 from vip.perf.fast_loo import FULL, FastLoo, FastLooOptions
 from vip.perf.flops import count_flops, mfu, peak_flops
 from vip.perf.standin_reward import StandInReward
@@ -282,18 +282,15 @@ def bench_loo(fl: FastLoo, parts: dict, shape: Shape, n_prompts: int, baseline_v
 
 
 def _regions(unet):
-    """The repeated blocks of a UNetMotionModel: every ResNet, spatial transformer and motion module
-    (its checkpoint wrapper where it has one, so the compiled region holds the checkpoint)."""
-    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
-        for name in ("resnets", "attentions", "motion_modules"):
-            yield from getattr(block, name, None) or []
+    """The repeated blocks of a UNetMotionModel: every ResNet, spatial transformer and motion module."""
+    return blocks(unet)
 
 
 def compile_regions(unet, backend: str = "inductor") -> int:
     """Regional compilation: each repeated block compiled in place (nn.Module.compile, mode default,
     static shapes), the glue (embeddings, convs in and out, resamplers) left eager. Blocks of one
-    class and shape share a graph; the module tree and state dict are unchanged. A checkpoint
-    wrapper (vip/perf/checkpointing.py) is compiled with its block inside, so the checkpoint is
+    class and shape share a graph; the module tree and state dict are unchanged. A block's
+    checkpointed forward (vip/perf/checkpointing.py) is compiled with it, so the checkpoint is
     part of the graph (no break) and the backward recomputes compiled code. Returns the count."""
     cfg = torch._dynamo.config
     for key, most in (("recompile_limit", 512), ("cache_size_limit", 512),
