@@ -223,7 +223,8 @@ def bench_gpu_loo(args) -> dict:
     model, parts = gpu_bench.build(shape, args.device)
     cuda = args.device.startswith("cuda")
     opts = FastLooOptions(batch_clips=args.batch_clips, dtype="bfloat16" if cuda else "float32",
-                          channels_last=cuda, compile=args.compile, short_attention=cuda and args.compile)
+                          channels_last=cuda, compile=args.compile, short_attention=cuda and args.compile,
+                          decode_dtype=args.decode_dtype)
     print(_machine(args.device))
     print(f"model: {model.num_params() / 1e6:.1f}M denoiser parameters, {len(model.units())} units; "
           f"{shape.frames}x{shape.height}x{shape.width}, {shape.steps} DDIM steps, CFG {shape.guidance}")
@@ -391,6 +392,8 @@ def main() -> None:
     g.add_argument("--scale", type=int, default=1, help="divide every width by this (CPU tests)")
     g.add_argument("--batch-clips", type=int, default=16, help="leave-one-out jobs per denoiser batch")
     g.add_argument("--prompts", type=int, default=4)
+    g.add_argument("--decode-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="gpu-loo: the VAE's dtype while vip decodes (the stage decodes in float32)")
     g.add_argument("--baseline-variants", type=int, default=3, help="the pipeline loop runs full + this many minus one")
     g.add_argument("--compile", action="store_true",
                    help="gpu-loo: compile the gated denoiser; gpu-train: eager against regionally compiled steps")

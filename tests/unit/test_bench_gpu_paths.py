@@ -268,3 +268,17 @@ def test_checkpointing_every_block_keeps_keys_values_and_gradients(built):
         for p, r in zip(unet.parameters(), needed):
             p.requires_grad_(r)
     assert not any(is_checkpointed(m) for m in blocks(unet))
+
+
+def test_bf16_decode_is_close_and_the_vae_is_restored(built):
+    model, _ = built
+    variants = [FULL, model.units()[2]]
+    reward = StandInReward()
+    with FastLoo(model, reward, FastLooOptions(batch_clips=4)) as fl:
+        ref = fl.run(variants, PROMPTS, SEEDS)
+    with FastLoo(model, reward, FastLooOptions(batch_clips=4, decode_dtype="bfloat16")) as fl:
+        assert model.codec.vae.dtype == torch.bfloat16
+        got = fl.run(variants, PROMPTS, SEEDS)
+    assert model.codec.vae.dtype == torch.float32
+    assert not np.array_equal(got, ref)  # it did decode in bf16
+    np.testing.assert_allclose(got, ref, atol=0.02)

@@ -55,8 +55,8 @@ class VaeCodec:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         b, c, f, h, w = latents.shape
-        z = latents.transpose(1, 2).flatten(0, 1).float() / self.scaling
-        x = torch.cat([self.vae.decode(c).sample for c in z.split(self.frames_per_decode)])
+        z = (latents.transpose(1, 2).flatten(0, 1).float() / self.scaling).to(self.vae.dtype)
+        x = torch.cat([self.vae.decode(c).sample for c in z.split(self.frames_per_decode)]).float()
         return ((x + 1) / 2).clamp(0, 1).unflatten(0, (b, f))
 
 
@@ -84,6 +84,6 @@ class WanVaeCodec:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
-        x = torch.cat([self.vae.decode(c[None]).sample for c in z])  # one clip at a time: memory
+        z = (latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)).to(self.vae.dtype)
+        x = torch.cat([self.vae.decode(c[None]).sample for c in z]).float()  # one clip at a time: memory
         return ((x + 1) / 2).clamp(0, 1).transpose(1, 2)

@@ -30,6 +30,16 @@ class FastLooOptions:
     # motion modules' 16-frame attention as two bmms (vip/perf/short_attention.py): 6% off a compiled
     # forward on an H100, nothing eager (docs/benchmarks.md)
     short_attention: bool = False
+    # the VAE's dtype while decoding; float32 (VaeCodec's choice) unless asked: bf16 decodes 3x faster
+    decode_dtype: str = "float32"
+
+
+def balanced_batch(jobs: int, most: int) -> int:
+    """The smallest batch that needs no more batches than `most` does: 88 jobs at most 16 run as
+    6 x 15 (2 slots padded when compiled) rather than 5 x 16 + 8 (8 padded, 9% of the work)."""
+    if jobs <= 0:
+        return most
+    return -(-jobs // -(-jobs // most))
 
 
 class FastLoo:
@@ -51,6 +61,9 @@ class FastLoo:
             self.model.text_encoder.to(self.dtype)
         if self.opts.channels_last:
             unet.to(memory_format=torch.channels_last)
+        self._vae = getattr(getattr(self.model, "codec", None), "vae", None)
+        if self._vae is not None and self.opts.decode_dtype != "float32":
+            self._vae.to(getattr(torch, self.opts.decode_dtype))
         self._short = []
         if self.opts.short_attention:
             from vip.perf.short_attention import use_short_attention
@@ -66,6 +79,8 @@ class FastLoo:
 
     def __exit__(self, *exc):
         self.gates.remove()
+        if self._vae is not None and self.opts.decode_dtype != "float32":
+            self._vae.float()
         if self._short:
             from vip.perf.short_attention import restore
             restore(self._short)
@@ -109,7 +124,7 @@ class FastLoo:
         row = {p: i for i, p in enumerate(uniq)}
         jobs = [(vi, pi) for vi in range(len(variants)) for pi in range(len(prompts))]
         rows = []
-        bs = self.opts.batch_clips
+        bs = balanced_batch(len(jobs), self.opts.batch_clips)
         for lo in range(0, len(jobs), bs):
             batch = jobs[lo:lo + bs]
             real = len(batch)
