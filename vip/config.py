@@ -133,6 +133,11 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimizer steps; 0 = only on a signal and at the end
     keep_checkpoints: int = 2
     deepspeed: str = "configs/deepspeed/zero2.json"
+    # How the denoisers run, not what they compute (neither is in the config hash; docs/benchmarks.md):
+    # backbone = the loader's choice (AnimateDiff: diffusers' ResNets only; Wan: every block) | every_block
+    # (AnimateDiff: ResNets, attentions and motion modules; 16 pairs of 16x256x256 fit in 47 GB) | none
+    checkpointing: str = "backbone"
+    compile: bool = False  # regional torch.compile of policy, teacher and reference (vip/perf/regions.py)
     nprocs: int = 1  # processes per node when jobs/stage.py launches training itself (not in the config hash)
 
 
@@ -192,12 +197,14 @@ class Config:
         return asdict(self)
 
     def hash(self) -> str:
-        """sha256 of what determines results (everything but `runtime`, `slurm` and the local process
-        count `train.nprocs`: how to run; a checkpoint resumes on another world size)."""
+        """sha256 of what determines results (everything but `runtime`, `slurm`, the local process
+        count `train.nprocs` and the trainer's speed switches `train.checkpointing` / `train.compile`:
+        how to run; a checkpoint resumes on another world size or with them changed)."""
         d = self.to_dict()
         d.pop("runtime")
         d.pop("slurm")
-        d["train"].pop("nprocs")
+        for key in ("nprocs", "checkpointing", "compile"):
+            d["train"].pop(key)
         if not d["loo"]["adaptive"]:  # these keys change nothing then, and runs planned before they existed stay valid
             for key in ("adaptive", "adaptive_z", "adaptive_first"):
                 d["loo"].pop(key)
@@ -218,7 +225,7 @@ _NON_NEGATIVE = {"model.frames", "model.height", "model.width", "model.fps", "re
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _CHOICES = {"filter.backend": ("toyvid", "gemini"), "train.reference": ("teacher", "student"),
             "train.sft_target": ("teacher", "noise"), "train.loss": ("redpo", "sft", "dpo"),
-            "loo.engine": ("plain", "batched"),
+            "loo.engine": ("plain", "batched"), "train.checkpointing": ("backbone", "every_block", "none"),
             "model.dtype": _DTYPES, "reward.dtype": _DTYPES}
 
 
@@ -322,6 +329,9 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         if d[section][name] not in allowed:
             raise ConfigError(f"config key {key!r} must be one of {', '.join(allowed)}; got {d[section][name]!r}")
+    if cfg.train.checkpointing == "every_block" and cfg.model.backbone == "videocrafter2":
+        raise ConfigError("config key 'train.checkpointing': every_block is for animatediff, toyvid and wan2.1; "
+                          "videocrafter2 has no checkpointing: use 'none' or 'backbone'")
     if cfg.runtime.executor not in ("local", "slurm"):
         raise ConfigError(f"config key 'runtime.executor' must be 'local' or 'slurm', got {cfg.runtime.executor!r}")
     validate_slurm(cfg.slurm)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from train_helpers import ROOT, run_training, train_cmd, train_env
@@ -155,3 +156,24 @@ def test_an_empty_pairs_file_skips_training_or_is_refused_when_min_pairs_is_0(tr
     assert json.loads((train_dir(run, 1) / "done.json").read_text())["skipped"] == "0 pairs < train.min_pairs=1"
     strict = train_run("strict", n_pairs=0, overrides=["train.min_pairs=0"])
     _fails_with(strict, "holds no pairs")
+
+
+def test_every_block_checkpointing_and_regional_compile_train_the_same_student(train_run):
+    """The speed switches change how the denoisers run, not what they compute: the same loss curve
+    (exactly, with checkpointing; to float rounding, compiled) and the published weight names."""
+    ref = train_run("ref")
+    assert run_training(ref).returncode == 0
+    ckpt = train_run("ckpt", overrides=["train.checkpointing=every_block"])
+    r = run_training(ckpt)
+    assert r.returncode == 0, r.stderr[-3000:]
+    comp = train_run("comp", overrides=["train.checkpointing=every_block", "train.compile=true"])
+    r = run_training(comp, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    keys = ["loss", "dpo", "sft", "grad_norm"]
+    a, b, c = (read_metrics(train_dir(x, 1)) for x in (ref, ckpt, comp))
+    assert [[m[k] for k in keys] for m in a] == [[m[k] for k in keys] for m in b]
+    assert [m["loss"] for m in c] == pytest.approx([m["loss"] for m in a], rel=1e-4)
+    wa, wb, wc = weights(ref), weights(ckpt), weights(comp)
+    assert wa.keys() == wb.keys() == wc.keys()  # no wrapper names in the saved student
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert max((wa[k] - wc[k]).abs().max().item() for k in wa) < 1e-4

@@ -137,7 +137,8 @@ def test_compiled_redpo_step_matches_eager(built):
     assert rows[0]["compiled"] and rows[0]["pairs_per_s"] > 0 and rows[0]["compile_s"] is not None
     assert rows[0]["first_loss"] == pytest.approx(eager[0]["first_loss"], abs=1e-4)
     # regions are uncompiled and unwrapped afterwards: the model is left as it was found
-    assert all(m._compiled_call_impl is None for m in gpu_bench._regions(compiled_model.unet))
+    from vip.perf.regions import regions
+    assert all(m._compiled_call_impl is None for m in regions(compiled_model.unet))
     from vip.perf.checkpointing import blocks, is_checkpointed
     assert not any(is_checkpointed(m) for m in blocks(compiled_model.unet))
 

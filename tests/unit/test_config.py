@@ -60,6 +60,7 @@ def test_hash_ignores_how_to_run_only():
     a = config.load(None)
     assert a.hash() == config.load(None, ["runtime.progress=false", "runtime.threads=1"]).hash()
     assert a.hash() == config.load(None, ["slurm.nodes=4", "train.nprocs=8"]).hash()  # resumable on another size
+    assert a.hash() == config.load(None, ["train.checkpointing=every_block", "train.compile=true"]).hash()
     assert a.hash() != config.load(None, ["select.k=3"]).hash()
     assert a.hash() != config.load(None, ["train.batch_size=8"]).hash()
 
@@ -128,3 +129,11 @@ def test_teacher_cli_bad_override_is_one_line(tmp_path, arg, words):
                         "--out", str(tmp_path / "o"), arg], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
     assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+
+
+def test_checkpointing_choices_and_backbones():
+    with pytest.raises(ConfigError, match="'train.checkpointing' must be one of backbone, every_block, none"):
+        config.load(None, ["train.checkpointing=some"])
+    with pytest.raises(ConfigError, match="videocrafter2 has no checkpointing"):
+        config.load(None, ["model.backbone=videocrafter2", "train.checkpointing=every_block"])
+    assert config.load(None, ["model.backbone=videocrafter2", "train.checkpointing=none"]).train.checkpointing == "none"

@@ -48,3 +48,24 @@ def undo(unet: nn.Module) -> None:
     for m in blocks(unet):
         if is_checkpointed(m):
             del m.forward
+
+
+def set_checkpointing(module: nn.Module, how: str) -> None:
+    """train.checkpointing on a denoiser: backbone (leave the loader's choice), every_block, none."""
+    unet_like = hasattr(module, "down_blocks") and hasattr(module, "mid_block")
+    if how == "backbone":
+        return
+    if how == "none":
+        if hasattr(module, "disable_gradient_checkpointing"):
+            module.disable_gradient_checkpointing()
+        if unet_like:
+            undo(module)
+        return
+    if how != "every_block":
+        raise ValueError(f"checkpointing must be backbone, every_block or none, got {how!r}")
+    if unet_like:
+        checkpoint_every_block(module)
+    elif getattr(module, "_supports_gradient_checkpointing", False) and hasattr(module, "blocks"):
+        module.enable_gradient_checkpointing()  # Wan: diffusers checkpoints each transformer block
+    else:
+        raise ValueError(f"every_block checkpointing does not know {type(module).__name__}")

@@ -16,9 +16,10 @@ import torch
 
 from vip.models.motion_unet import SkippedUnit
 from vip.perf import real_configs
-from vip.perf.checkpointing import blocks, checkpoint_every_block, undo
+from vip.perf.checkpointing import checkpoint_every_block, undo
 from vip.perf.fast_loo import FULL, FastLoo, FastLooOptions
 from vip.perf.flops import count_flops, mfu, peak_flops
+from vip.perf.regions import compile_regions, uncompile_regions
 from vip.perf.standin_reward import StandInReward
 
 PROMPTS = ["a red circle moving left on a black background", "a blue square moving right on a black background",
@@ -279,34 +280,6 @@ def bench_loo(fl: FastLoo, parts: dict, shape: Shape, n_prompts: int, baseline_v
     out["max_score_diff_vs_baseline"] = float(np.nanmax(np.abs(ours[:len(base_variants)] - base)))
     out["speedup"] = out["vip"]["clips_per_s"] / out["baseline"]["clips_per_s"]
     return out
-
-
-def _regions(unet):
-    """The repeated blocks of a UNetMotionModel: every ResNet, spatial transformer and motion module."""
-    return blocks(unet)
-
-
-def compile_regions(unet, backend: str = "inductor") -> int:
-    """Regional compilation: each repeated block compiled in place (nn.Module.compile, mode default,
-    static shapes), the glue (embeddings, convs in and out, resamplers) left eager. Blocks of one
-    class and shape share a graph; the module tree and state dict are unchanged. A block's
-    checkpointed forward (vip/perf/checkpointing.py) is compiled with it, so the checkpoint is
-    part of the graph (no break) and the backward recomputes compiled code. Returns the count."""
-    cfg = torch._dynamo.config
-    for key, most in (("recompile_limit", 512), ("cache_size_limit", 512),
-                      ("accumulated_recompile_limit", 8192), ("accumulated_cache_size_limit", 8192)):
-        if hasattr(cfg, key):  # one code object per block class, many shapes: not a fallback to eager
-            setattr(cfg, key, max(getattr(cfg, key), most))
-    n = 0
-    for m in _regions(unet):
-        m.compile(backend=backend, dynamic=False)
-        n += 1
-    return n
-
-
-def uncompile_regions(unet) -> None:
-    for m in _regions(unet):
-        m._compiled_call_impl = None
 
 
 def bench_redpo(model, configs: list[dict], steps: int, device: str, on_row=None) -> list[dict]:

@@ -31,6 +31,8 @@ import torch.distributed as tdist
 from tqdm import tqdm
 
 from vip.config import Config, ConfigError, TrainConfig
+from vip.perf.checkpointing import set_checkpointing
+from vip.perf.regions import compile_regions
 from vip.redpo import pair_loss
 from vip.steps.context import StageContext
 from vip.steps.pairs import pairs_path, student_sha256
@@ -219,6 +221,11 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
     policy = student.trainable_module().to(dev).train().requires_grad_(True)
     if frozen_dtype != torch.float32:  # (diffusers warns on a .to(float32) that changes nothing)
         policy.to(frozen_dtype)
+    set_checkpointing(policy, tc.checkpointing)
+    if tc.compile:  # each repeated block compiled in place: state dicts and checkpoints are unchanged
+        for module in (policy, teacher.trainable_module(), reference):
+            if module is not None:
+                compile_regions(module)
     optim = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, tc.warmup_steps, total, tc.lr, tc.min_lr))
     load_dir = ensure_universal(ckpt, found[0], rank, saved_world, world) if load_universal else ckpt
