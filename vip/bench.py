@@ -339,6 +339,8 @@ REDPO_COMPILE_CONFIGS = [  # --compile: eager against regional torch.compile (po
     {"name": "plain AdamW + checkpointing every block", "pairs": 16, "optimizer": "adamw", "checkpointing": True},
     {"name": "plain AdamW + every block, compiled", "pairs": 16, "optimizer": "adamw", "checkpointing": True,
      "compile": True},
+    {"name": "... + short motion attention", "pairs": 16, "optimizer": "adamw", "checkpointing": True,
+     "compile": True, "short_attention": True},
 ]
 
 
@@ -349,6 +351,8 @@ def bench_gpu_train(args) -> list:
     model, parts = gpu_bench.build(shape, args.device)
     del parts  # the pipeline's U-Net 2D and adapter: not needed here, and 5 GB
     table = REDPO_COMPILE_CONFIGS if args.compile else REDPO_CONFIGS
+    if args.rows:  # by index; the first must stay the eager, uncheckpointed step that gives the model FLOPs
+        table = [table[int(i)] for i in args.rows.split(",")]
     configs = [c for c in table if args.optimizers is None or c["optimizer"] in args.optimizers.split(",")]
     if args.max_pairs:
         configs = [dict(c, pairs=min(c["pairs"], args.max_pairs)) for c in configs]
@@ -400,6 +404,7 @@ def main() -> None:
     g.add_argument("--iters", type=int, default=10)
     g.add_argument("--optimizers", default=None, help="gpu-train: only these (adamw,zero2)")
     g.add_argument("--max-pairs", type=int, default=0)
+    g.add_argument("--rows", default="", help="gpu-train: only these configurations, by index (0,3)")
     g.add_argument("--json", default="")
     g.add_argument("--levers", nargs="*", default=None,
                    help="gpu-denoiser: name:key=value,... (vip/perf/levers.py); default: the standard sweep")

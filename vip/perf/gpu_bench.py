@@ -325,6 +325,10 @@ def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool,
     policy = model.unet.train().requires_grad_(True)
     if c.get("checkpointing"):
         checkpoint_every_block(policy)
+    short = []
+    if c.get("short_attention"):
+        from vip.perf.short_attention import use_short_attention
+        short = use_short_attention(policy) + use_short_attention(teacher)
     if c.get("compile"):
         backend = c["compile"] if isinstance(c["compile"], str) else "inductor"
         compile_regions(policy, backend)
@@ -413,6 +417,9 @@ def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool,
     if c.get("compile"):
         uncompile_regions(policy)
         uncompile_regions(teacher)
+    if short:
+        from vip.perf.short_attention import restore
+        restore(short)
     undo(policy)
     policy.eval().requires_grad_(False)
     return row, fpp

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from vip.config import Config, ConfigError, TrainConfig
 from vip.perf.checkpointing import set_checkpointing
 from vip.perf.regions import compile_regions
+from vip.perf.short_attention import use_short_attention
 from vip.redpo import pair_loss
 from vip.steps.context import StageContext
 from vip.steps.pairs import pairs_path, student_sha256
@@ -225,6 +226,7 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
     if tc.compile:  # each repeated block compiled in place: state dicts and checkpoints are unchanged
         for module in (policy, teacher.trainable_module(), reference):
             if module is not None:
+                use_short_attention(module)  # motion modules' 16-frame attention as bmms: compiled, it pays
                 compile_regions(module)
     optim = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, tc.warmup_steps, total, tc.lr, tc.min_lr))
