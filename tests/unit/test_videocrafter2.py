@@ -296,3 +296,19 @@ def test_one_redpo_step_lowers_the_loss(model):
         after = loss().loss.item()
     assert after < 0.95 * before, (before, after)
     assert all(p.grad is None for p in teacher.unet.parameters())
+
+
+def test_bf16_unet_runs_with_float32_norms_and_stays_close():
+    """lvdm's GroupNorm32 normalises in float32 whatever the weights' dtype; with bf16 weights that
+    needs float32 affine parameters too (group_norm refuses the mix): a bf16 U-Net must run."""
+    from vip.models.videocrafter2.build import TINY_UNET
+    from vip.models.videocrafter2.unet3d import VideoCrafterUNet3D
+    torch.manual_seed(0)
+    unet = VideoCrafterUNet3D(**TINY_UNET).eval()
+    x = torch.randn(2, 4, 3, 8, 8)
+    text = torch.randn(2, 8, TINY_UNET["context_dim"])
+    with torch.no_grad():
+        ref = unet(x, torch.tensor([10, 500]), text)
+        low = unet.to(torch.bfloat16)(x.bfloat16(), torch.tensor([10, 500]), text.bfloat16())
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low.float()).all()
+    assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max()

@@ -33,7 +33,7 @@ def build(name: str, frames: int, height: int, width: int, scale: int = 1, devic
             if scale > 1:
                 cfg.update(num_attention_heads=2, attention_head_dim=24, ffn_dim=64, text_dim=32, freq_dim=32,
                            num_layers=2)
-            module = WanTransformer3DModel(**cfg)
+            module = WanTransformer3DModel(**cfg).to(device)
             # Wan's VAE: 4x in time (1 + 4k frames), 8x in space; 512 text tokens of umT5-XXL width
             latent = (cfg["in_channels"], (frames - 1) // 4 + 1, height // 8, width // 8)
             return Denoiser(module, latent, (512 if scale == 1 else 16, cfg["text_dim"]), {},
@@ -41,7 +41,7 @@ def build(name: str, frames: int, height: int, width: int, scale: int = 1, devic
         from vip.models.videocrafter2.build import TINY_UNET, UNET
         from vip.models.videocrafter2.unet3d import VideoCrafterUNet3D
         cfg = dict(UNET if scale == 1 else TINY_UNET)
-        module = VideoCrafterUNet3D(**cfg)
+        module = VideoCrafterUNet3D(**cfg).to(device)
         context = module.config.context_dim
         return Denoiser(module, (4, frames, height // 8, width // 8), (77 if scale == 1 else 8, context),
                         {"fps": 28}, "shape-preserving U-Net blocks")

@@ -26,8 +26,10 @@ from torch import nn
 class GroupNorm32(nn.GroupNorm):
     """lvdm computes the U-Net's ResBlock and output norms in float32 whatever the weights' dtype."""
 
-    def forward(self, x):
-        return super().forward(x.float()).type(x.dtype)
+    def forward(self, x):  # float32 affine parameters too: group_norm refuses a float input with bf16 weights
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).type(x.dtype)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
