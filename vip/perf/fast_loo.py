@@ -30,7 +30,8 @@ class FastLooOptions:
     # motion modules' 16-frame attention as two bmms (vip/perf/short_attention.py): 6% off a compiled
     # forward on an H100, nothing eager (docs/benchmarks.md)
     short_attention: bool = False
-    # the VAE's dtype while decoding; float32 (VaeCodec's choice) unless asked: bf16 decodes 3x faster
+    # the VAE's dtype while decoding; float32 (VaeCodec's choice) unless asked: bf16 took 28% less time
+    # (5.5 s against 7.6 s for 88 clips of 16x256x256 on an H100)
     decode_dtype: str = "float32"
 
 
