@@ -341,6 +341,8 @@ REDPO_COMPILE_CONFIGS = [  # --compile: eager against regional torch.compile (po
      "compile": True},
     {"name": "... + short motion attention", "pairs": 16, "optimizer": "adamw", "checkpointing": True,
      "compile": True, "short_attention": True},
+    {"name": "DeepSpeed ZeRO-2 bf16, the same (the trainer)", "pairs": 16, "optimizer": "zero2",
+     "checkpointing": True, "compile": True, "short_attention": True},
 ]
 
 

@@ -332,6 +332,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.checkpointing == "every_block" and cfg.model.backbone == "videocrafter2":
         raise ConfigError("config key 'train.checkpointing': every_block is for animatediff, toyvid and wan2.1; "
                           "videocrafter2 has no checkpointing: use 'none' or 'backbone'")
+    if cfg.train.compile and cfg.model.backbone == "videocrafter2":
+        raise ConfigError("config key 'train.compile': regional compilation knows the blocks of animatediff, toyvid "
+                          "and wan2.1, not videocrafter2; set train.compile=false")
     if cfg.runtime.executor not in ("local", "slurm"):
         raise ConfigError(f"config key 'runtime.executor' must be 'local' or 'slurm', got {cfg.runtime.executor!r}")
     validate_slurm(cfg.slurm)

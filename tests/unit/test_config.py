@@ -137,3 +137,5 @@ def test_checkpointing_choices_and_backbones():
     with pytest.raises(ConfigError, match="videocrafter2 has no checkpointing"):
         config.load(None, ["model.backbone=videocrafter2", "train.checkpointing=every_block"])
     assert config.load(None, ["model.backbone=videocrafter2", "train.checkpointing=none"]).train.checkpointing == "none"
+    with pytest.raises(ConfigError, match="'train.compile'.*not videocrafter2"):
+        config.load(None, ["model.backbone=videocrafter2", "train.compile=true"])
