@@ -6,6 +6,7 @@
     python -m vip.bench gpu-denoiser [--size 256] [--profile] [--levers name:key=value,...]
     python -m vip.bench gpu-train [--size 256] [--frames 16] [--compile] [--json out.json]
     python -m vip.bench adaptive [--tables runs/demo2/stage1/loo.h5 ...]
+    python -m vip.bench plot-breakdown --tables a.json b.json --out where.png
 
 `gpu-loo` and `gpu-train` build AnimateDiff at its published size (SD1.5 U-Net + v1-5-2 motion
 adapter, random weights, nothing downloaded; `--scale N` divides every width, for the CPU test
@@ -385,9 +386,28 @@ def bench_gpu_train(args) -> list:
     return rows
 
 
+def plot_breakdowns(args) -> None:
+    """Every row with a breakdown in the given --json dumps of gpu-denoiser / gpu-train, as one chart."""
+    import json
+
+    from vip.plots import time_by_kind_chart
+    rows = []
+    for f in args.tables or []:
+        d = json.loads(Path(f).read_text())
+        for r in d.get("rows", []) + d.get("redpo", []):
+            if "breakdown" in r:
+                label = r.get("what") or f"{r['name']} ({r['pairs']} pairs)"
+                rows.append((f"{label}, batch {r['batch']}" if "batch" in r else label, r["breakdown"]))
+    if not rows:
+        raise SystemExit("error: no row with a breakdown in " + ", ".join(args.tables or ["(no files)"])
+                         + "; run gpu-denoiser or gpu-train with --profile --json FILE first")
+    print(time_by_kind_chart(rows, Path(args.out), args.title))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["loo", "train", "train-one", "gpu-loo", "gpu-denoiser", "gpu-train", "adaptive"])
+    ap.add_argument("what", choices=["loo", "train", "train-one", "gpu-loo", "gpu-denoiser", "gpu-train", "adaptive",
+                                     "plot-breakdown"])
     g = ap.add_argument_group("gpu-loo / gpu-train (AnimateDiff size, random weights)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--size", type=int, default=256)
@@ -411,7 +431,10 @@ def main() -> None:
     g.add_argument("--levers", nargs="*", default=None,
                    help="gpu-denoiser: name:key=value,... (vip/perf/levers.py); default: the standard sweep")
     g.add_argument("--profile", action="store_true", help="gpu-denoiser: where each row's time goes, by kernel kind; gpu-train: the last configuration's")
-    g.add_argument("--tables", nargs="*", default=None, help="adaptive: recorded loo.h5 files")
+    g.add_argument("--tables", nargs="*", default=None,
+                   help="adaptive: recorded loo.h5 files; plot-breakdown: --json dumps of gpu-denoiser / gpu-train")
+    g.add_argument("--out", default="breakdown.png", help="plot-breakdown: the PNG to write")
+    g.add_argument("--title", default="", help="plot-breakdown: chart title")
     ap.add_argument("--steps", type=int, default=None,
                     help="train: timed optimizer steps per configuration (10); gpu-*: DDIM steps (25)")
     ap.add_argument("--mode", choices=list(TRAIN_MODES), help=argparse.SUPPRESS)
@@ -424,6 +447,8 @@ def main() -> None:
             args.steps = args.steps or 25
             return {"gpu-loo": bench_gpu_loo, "gpu-denoiser": bench_gpu_denoiser,
                     "gpu-train": bench_gpu_train}[args.what](args)
+        if args.what == "plot-breakdown":
+            return plot_breakdowns(args)
         if args.what == "adaptive":
             from vip.perf.adaptive import bench_adaptive
             return bench_adaptive(args)

@@ -78,3 +78,35 @@ def curation_chart(record: dict, path: Path, title: str = "") -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+KIND_COLOURS = {"convolution": "#4c72b0", "matmul": "#55a868", "attention": "#c44e52", "other": "#b0b0b0"}
+
+
+def time_by_kind_chart(rows: list[tuple[str, dict]], path: Path, title: str = "") -> Path:
+    """One horizontal bar per configuration: milliseconds by kernel kind (vip/perf/breakdown.py),
+    each wide enough segment labelled with that kind's FLOP rate as a share of peak."""
+    fig, ax = plt.subplots(figsize=(11, 0.6 * len(rows) + 2.0))
+    y = np.arange(len(rows))[::-1]
+    totals = np.array([1e3 * sum(k["seconds"] for k in b["kinds"].values()) for _, b in rows])
+    left = np.zeros(len(rows))
+    for kind, colour in KIND_COLOURS.items():
+        ms = np.array([1e3 * b["kinds"][kind]["seconds"] for _, b in rows])
+        ax.barh(y, ms, left=left, color=colour, label=kind, height=0.6)
+        for yi, lo, w, (_, b) in zip(y, left, ms, rows):
+            share = b["kinds"][kind].get("mfu")
+            if share and w > 0.05 * totals.max():
+                ax.text(lo + w / 2, yi, f"{100 * share:.0f}%", ha="center", va="center", fontsize=7, color="white")
+        left = left + ms
+    for yi, total in zip(y, left):
+        ax.text(total, yi, f" {total:.0f} ms", va="center", fontsize=8)
+    ax.set_yticks(y, [label for label, _ in rows], fontsize=8)
+    ax.set_xlabel("GPU time per call, ms; white labels: the kind's FLOP rate as a share of the bf16 peak")
+    ax.set_xlim(0, left.max() * 1.12)
+    ax.set_title(title or "Where the time goes", fontsize=10)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=4, frameon=False)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

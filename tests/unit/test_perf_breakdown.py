@@ -65,3 +65,23 @@ def test_applied_restores_the_cudnn_flag():
         assert torch.backends.cudnn.benchmark is (not before)
         assert isinstance(fn, torch.nn.Linear)
     assert torch.backends.cudnn.benchmark is before
+
+
+def test_plot_breakdown_charts_profiled_rows_and_refuses_files_without_any(tmp_path):
+    import json
+    from argparse import Namespace
+
+    from vip.bench import plot_breakdowns
+    x, w = torch.randn(2, 8, 16, 16), torch.randn(12, 8, 3, 3)
+    b = breakdown.breakdown(lambda: torch.nn.functional.conv2d(x, w, padding=1), cuda=False, peak=None)
+    good = tmp_path / "den.json"
+    good.write_text(json.dumps({"rows": [{"what": "eager", "batch": 2, "breakdown": b},
+                                         {"what": "unprofiled", "batch": 2}]}))
+    out = tmp_path / "where.png"
+    plot_breakdowns(Namespace(tables=[str(good)], out=str(out), title=""))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"rows": [{"what": "unprofiled", "batch": 2}]}))
+    with pytest.raises(SystemExit, match="no row with a breakdown.*--profile"):
+        plot_breakdowns(Namespace(tables=[str(bare)], out=str(tmp_path / "x.png"), title=""))
+    assert not (tmp_path / "x.png").exists()
