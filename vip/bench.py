@@ -305,11 +305,16 @@ def _lever_line(r: dict) -> str:
             f"peak {_fmt(r['peak_gb'], '.1f')} GB  first call {r['first_call_s']:.0f} s")
 
 
-def _show_lever_row(r: dict) -> None:
+def _show_row(line: str, r: dict) -> None:
+    """A result line as it comes, with its breakdown under it when the row was profiled."""
     from vip.perf.breakdown import format_breakdown
-    print(_lever_line(r), flush=True)
+    print(line, flush=True)
     if "breakdown" in r:
         print(format_breakdown(r["breakdown"]), flush=True)
+
+
+def _show_lever_row(r: dict) -> None:
+    _show_row(_lever_line(r), r)
 
 
 def bench_backbone_denoiser(args, shape) -> dict:
@@ -370,13 +375,7 @@ def bench_gpu_train(args) -> list:
     if args.profile:  # where the last configuration's step time goes
         configs[-1] = dict(configs[-1], profile=True)
 
-    def show(r):
-        print(line(r), flush=True)
-        if "breakdown" in r:
-            from vip.perf.breakdown import format_breakdown
-            print(format_breakdown(r["breakdown"]), flush=True)
-
-    rows = gpu_bench.bench_redpo(model, configs, args.iters, args.device, on_row=show)
+    rows = gpu_bench.bench_redpo(model, configs, args.iters, args.device, on_row=lambda r: _show_row(line(r), r))
     print(_machine(args.device))
     print(f"ReDPO step, {model.num_params() / 1e6:.1f}M policy + frozen bf16 teacher (reference and SFT target), "
           f"{shape.frames}x{shape.height}x{shape.width}; peak assumed: {rows[0]['peak_assumed']}")

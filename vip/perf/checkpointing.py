@@ -27,6 +27,12 @@ def _checkpointed_forward(block: nn.Module, *args, **kwargs):
     return plain(*args, **kwargs)
 
 
+def is_motion_unet(module: nn.Module) -> bool:
+    """A UNetMotionModel's layout (toyvid, AnimateDiff): down, mid and up blocks of ResNets,
+    spatial transformers and motion modules."""
+    return hasattr(module, "down_blocks") and hasattr(module, "mid_block")
+
+
 def blocks(unet: nn.Module):
     """Every ResNet, spatial transformer and motion module of a UNetMotionModel."""
     for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
@@ -52,7 +58,7 @@ def undo(unet: nn.Module) -> None:
 
 def set_checkpointing(module: nn.Module, how: str) -> None:
     """train.checkpointing on a denoiser: backbone (leave the loader's choice), every_block, none."""
-    unet_like = hasattr(module, "down_blocks") and hasattr(module, "mid_block")
+    unet_like = is_motion_unet(module)
     if how == "backbone":
         return
     if how == "none":

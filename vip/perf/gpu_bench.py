@@ -69,27 +69,30 @@ def build(shape: Shape, device: str):
                               scale=shape.scale, device=device)
 
 
-def forward_flops(model, batch: int) -> int:
-    """FLOPs of one denoiser forward at this batch (eager, whatever dtype the U-Net has)."""
+def denoiser_inputs(model, batch: int) -> tuple:
+    """(latents, timesteps, text) for one forward at this batch, in the U-Net's dtype and device; the
+    timestep is expanded as the sampler passes it, so one compiled graph serves both."""
     p = next(model.unet.parameters())
     x = torch.randn(batch, *model.latent_shape, device=p.device, dtype=p.dtype)
     text = model.encode_prompts(PROMPTS[:1] * batch).to(p.dtype)
-    t = torch.full((batch,), 500, device=p.device)
+    return x, torch.tensor(500).expand(batch).to(p.device), text
+
+
+def forward_flops(model, batch: int) -> int:
+    """FLOPs of one denoiser forward at this batch (eager, whatever dtype the U-Net has)."""
+    x, t, text = denoiser_inputs(model, batch)
     with torch.no_grad():
         return count_flops(model.predict, x, t, text)
 
 
 def denoiser_rate(model, batch: int, denoiser, iters: int, warmup: int) -> float:
     """Seconds per forward at this batch."""
-    p = next(model.unet.parameters())
-    x = torch.randn(batch, *model.latent_shape, device=p.device, dtype=p.dtype)
-    text = model.encode_prompts(PROMPTS[:1] * batch).to(p.dtype)
-    t = torch.tensor(500).expand(batch).to(p.device)  # as the sampler passes it: one graph serves both
+    x, t, text = denoiser_inputs(model, batch)
 
     def fwd():
         with torch.no_grad():
             model.predict(x, t, text, denoiser=denoiser)
-    return median_time(fwd, iters, warmup, p.device)
+    return median_time(fwd, iters, warmup, x.device)
 
 
 def bench_denoiser_baseline(model, iters: int = 10) -> dict:
@@ -129,12 +132,8 @@ def sweep_denoiser(fl: FastLoo, batch: int, tflop_per_sample: float, levers: lis
                    profile: bool = False, on_row=None) -> list[dict]:
     """The gated denoiser of an open eager engine at this batch under each Levers (vip/perf/levers.py)."""
     model = fl.model
-    dev = model.device
-    fl.gates.set([[]] * batch, dev)
-    p = next(model.unet.parameters())
-    x = torch.randn(batch, *model.latent_shape, device=dev, dtype=p.dtype)
-    text = model.encode_prompts(PROMPTS[:1] * batch).to(p.dtype)
-    t = torch.tensor(500).expand(batch).to(dev)
+    fl.gates.set([[]] * batch, model.device)
+    x, t, text = denoiser_inputs(model, batch)
 
     def call(den):
         return lambda: model.predict(x, t, text, denoiser=den)

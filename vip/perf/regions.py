@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vip.perf.checkpointing import blocks
+from vip.perf.checkpointing import blocks, is_motion_unet
 
 
 def regions(module: nn.Module) -> list[nn.Module]:
     """UNetMotionModel (toyvid, AnimateDiff): every ResNet, spatial transformer and motion module;
     Wan: every transformer block; anything else: none."""
-    if hasattr(module, "down_blocks") and hasattr(module, "mid_block"):
+    if is_motion_unet(module):
         return list(blocks(module))
     if isinstance(getattr(module, "blocks", None), nn.ModuleList):
         return list(module.blocks)
