@@ -22,20 +22,41 @@ IMAGE_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]
 
 
 def tiny_tokenizer():
-    """Byte-level BPE over the 256 byte symbols (no merges) with Idefics2's special tokens; BOS added."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """A legacy Mistral-style tokenizer.json pipeline, as Mistral-7B's and Idefics2's: sentencepiece-BPE with
+    byte fallback, normalizer Prepend("▁") + Replace(" ", "▁"), no pre-tokenizer, "<s> $A"; a tiny vocabulary
+    (lower-case letters and a little punctuation; capitals, digits and newlines fall back to bytes) with
+    Idefics2's special tokens added after it."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
-    specials = ["<unk>", "<s>", "</s>"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<unk>")
-    fast.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS})
-    return fast
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    for piece in list("▁abcdefghijklmnopqrstuvwxyz,.:()\"-") + ["▁▁", "▁t", "he", "▁the", "in", "▁a"]:
+        vocab[piece] = len(vocab)
+    merges = [("▁", "▁"), ("▁", "t"), ("h", "e"), ("▁t", "he"), ("i", "n"), ("▁", "a")]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                            for t in ["<unk>", "<s>", "</s>"] + IMAGE_TOKENS])
+    return tok
+
+
+def save_tokenizer(tok, path):
+    """tokenizer.json plus the tokenizer_config.json / special_tokens_map.json that transformers 4 saves
+    for Idefics2's LlamaTokenizerFast (pad = <unk>, BOS added, no EOS)."""
+    tok.save(str(path / "tokenizer.json"))
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "add_bos_token": True, "add_eos_token": False, "add_prefix_space": None, "legacy": False,
+        "additional_special_tokens": IMAGE_TOKENS, "clean_up_tokenization_spaces": False,
+        "processor_class": "Idefics2Processor", "tokenizer_class": "LlamaTokenizer",
+        "added_tokens_decoder": {str(tok.token_to_id(t)): {"content": t, "special": True, "normalized": False,
+                                                            "lstrip": False, "rstrip": False, "single_word": False}
+                                 for t in ["<unk>", "<s>", "</s>"] + IMAGE_TOKENS}, **specials}))
+    (path / "special_tokens_map.json").write_text(json.dumps({"additional_special_tokens": IMAGE_TOKENS, **specials}))
 
 
 def write_checkpoint(path, seed=0):
@@ -46,17 +67,18 @@ def write_checkpoint(path, seed=0):
 
     path.mkdir(parents=True)
     tok = tiny_tokenizer()
-    tok.save_pretrained(path)
+    save_tokenizer(tok, path)
     Idefics2ImageProcessorPil(size={"shortest_edge": 28, "longest_edge": 56}, do_image_splitting=False).save_pretrained(path)
     (path / "processor_config.json").write_text(json.dumps({"image_seq_len": 4, "processor_class": "Idefics2Processor"}))
     config = Idefics2Config(
         text_config=dict(model_type="mistral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok), pad_token_id=0),
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=tok.get_vocab_size(),
+                         pad_token_id=0),
         vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                            image_size=56, patch_size=14),
         perceiver_config=dict(resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2, resampler_head_dim=8,
                               num_key_value_heads=1),
-        image_token_id=tok.convert_tokens_to_ids("<image>"))
+        image_token_id=tok.token_to_id("<image>"))
     torch.manual_seed(seed)
     net = VideoScoreNet(config)
     with torch.no_grad():
@@ -272,3 +294,75 @@ def test_processor_that_does_not_match_the_config_is_named(ckpt, tmp_path):
     (d / "processor_config.json").write_text(json.dumps({"image_seq_len": 8}))  # the perceiver has 4 latents
     with pytest.raises(ConfigError, match="image_seq_len"):
         load_reward(RewardConfig(name="videoscore", path=str(d)))
+
+
+def expand_images(query, seq_len):
+    """The published Idefics2Processor's text expansion (transformers 4.45): each <image> becomes
+    <fake><image> x seq_len<fake>, and two adjacent <fake> tokens merge into one."""
+    fake, image = "<fake_token_around_image>", "<image>"
+    return query.replace(image, fake + image * seq_len + fake).replace(fake + fake, fake)
+
+
+def test_tokenizer_runs_the_saved_pipeline(ckpt, reward):
+    """input_ids are tokenizer.json's own pipeline (what transformers 4's LlamaTokenizerFast runs), not
+    transformers 5's rebuilt Llama pipeline: after each image group the legacy normalizer prepends "▁" to
+    the " " segment, giving "▁▁" (the rebuilt Metaspace pipeline gives "▁"), also as the last token."""
+    from tokenizers import Tokenizer
+
+    saved = Tokenizer.from_file(str(ckpt[0] / "tokenizer.json"))
+    frames = reward.sample(clips(2))
+    for prompt in ("a red circle", "A Café, 3 people\twalk"):
+        enc = reward.encode(frames[:1], [prompt])
+        text = expand_images(build_query(prompt, reward.frames), reward.processor.image_seq_len)
+        assert enc["input_ids"][0].tolist() == saved.encode(text).ids
+        tokens = reward.processor.tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist())
+        fake = [i for i, t in enumerate(tokens) if t == "<fake_token_around_image>"]
+        closing = fake[1::2]
+        assert len(closing) == reward.frames and all(tokens[i + 1] == "▁▁" for i in closing)
+        assert tokens[-1] == "▁▁" and tokens[0] == "<s>" and tokens.count("<s>") == 1 and "</s>" not in tokens
+
+
+def test_tokenizer_special_tokens_and_right_padding(reward):
+    tok = reward.processor.tokenizer
+    assert (tok.bos_token, tok.eos_token, tok.unk_token, tok.pad_token) == ("<s>", "</s>", "<unk>", "<unk>")
+    assert tok.padding_side == "right"
+    n_vocab = tiny_tokenizer().get_vocab_size(with_added_tokens=False)
+    assert tok.convert_tokens_to_ids(IMAGE_TOKENS) == [n_vocab + k for k in range(3)]  # after the vocabulary
+    short, long = "a red circle", "a green triangle bounces on a white background"
+    frames = reward.sample(clips(2))
+    one = [reward.encode(frames[i:i + 1], [p])["input_ids"][0] for i, p in enumerate((short, long))]
+    both = reward.encode(frames, [short, long])
+    n = len(one[0])
+    assert both["input_ids"][0, :n].tolist() == one[0].tolist() and both["input_ids"][1].tolist() == one[1].tolist()
+    assert (both["input_ids"][0, n:] == tok.pad_token_id).all()
+    assert both["attention_mask"][0].tolist() == [1] * n + [0] * (len(one[1]) - n)
+
+
+def test_tokenizer_that_is_not_llama_is_named(ckpt, tmp_path):
+    d = copy_ckpt(ckpt, tmp_path)
+    raw = json.loads((d / "tokenizer_config.json").read_text())
+    raw["tokenizer_class"] = "GPT2Tokenizer"
+    (d / "tokenizer_config.json").write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="tokenizer_class"):
+        load_reward(RewardConfig(name="videoscore", path=str(d)))
+
+
+def test_missing_tokenizer_json_is_named(ckpt, tmp_path):
+    d = copy_ckpt(ckpt, tmp_path)
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(ConfigError, match=r"tokenizer\.json"):
+        load_reward(RewardConfig(name="videoscore", path=str(d)))
+
+
+def test_perceiver_uses_the_text_models_eps(ckpt, tmp_path):
+    """The published perceiver takes hidden_size and rms_norm_eps from text_config; transformers 5 copies
+    them only when perceiver_config's hidden_size differs, so a config whose widths agree (the real
+    4096-wide one) would get the perceiver default eps 1e-6."""
+    d = copy_ckpt(ckpt, tmp_path)
+    raw = json.loads((d / "config.json").read_text())
+    raw["text_config"]["rms_norm_eps"] = 0.03
+    raw["perceiver_config"]["hidden_size"] = raw["text_config"]["hidden_size"]
+    (d / "config.json").write_text(json.dumps(raw))
+    net = load_reward(RewardConfig(name="videoscore", path=str(d))).net
+    eps = [m.variance_epsilon for m in net.model.connector.perceiver_resampler.modules() if hasattr(m, "variance_epsilon")]
+    assert len(eps) > 1 and set(eps) == {0.03}

@@ -9,11 +9,21 @@ load into it unchanged.
 Inference follows the published example (TIGER-AI-Lab/VideoScore examples/run_videoscore.py):
   frames  every total/N-th frame, N = 16 (v1) or 48 (v1.1; set reward.frames: 48), as PIL RGB
   query   REGRESSION_QUERY_PROMPT with the text prompt, then "<image> " once per frame
-  inputs  the checkpoint's own Idefics2Processor (tokenizer + image processor settings)
+  inputs  the checkpoint's own Idefics2Processor (tokenizer + image processor settings), with the
+          tokenizer as transformers 4 builds it (`load_tokenizer`): the saved tokenizer.json pipeline
   output  logits at the last token: visual quality, temporal consistency, dynamic degree,
           text-to-video alignment, factual consistency (about 1-4)
 Clips are batched (reward.batch_size) with right padding; the head reads each query's last
 real token (the published code finds it as the first pad minus one: the same token).
+
+Two transformers-5 behaviours are undone here, both checked against the published code run under
+transformers 4.45 (tests/goldens/test_golden_videoscore.py):
+  * AutoTokenizer rebuilds a Llama/Mistral tokenizer's pipeline (Metaspace in place of the saved
+    Prepend("▁") + Replace(" ", "▁") normalizer), which tokenises the " " after each image group, and
+    so the last token the head reads, differently ("▁" instead of the published "▁▁").
+  * Idefics2Config copies the text model's hidden_size and rms_norm_eps into perceiver_config only
+    when the hidden sizes differ; for the real 4096-wide checkpoint they do not, so the perceiver
+    would run with the default eps 1e-6, where the published model uses the text model's (1e-5).
 """
 from __future__ import annotations
 
@@ -104,14 +114,19 @@ class VideoScore(RewardModel):
         require_frames(videos.shape[1], self.frames, "VideoScore")
         return to_uint8(videos[:, stride_indices(videos.shape[1], self.frames)])
 
+    def encode(self, frames: torch.Tensor, prompts: list[str]):
+        """Sampled uint8 frames [B, N, 3, H, W] and their prompts -> the processor's tensors for one batch
+        (input_ids, attention_mask right-padded; pixel_values, pixel_attention_mask)."""
+        return self.processor(text=self.queries(prompts), images=[to_pil(c) for c in frames], padding=True,
+                              return_tensors="pt")
+
     @torch.inference_mode()
     def score(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         check_clips(videos, prompts)
         frames = self.sample(videos)
         out = []
         for b in range(0, len(prompts), self.batch_size):
-            clips, texts = frames[b:b + self.batch_size], self.queries(prompts[b:b + self.batch_size])
-            enc = self.processor(text=texts, images=[to_pil(c) for c in clips], padding=True, return_tensors="pt")
+            enc = self.encode(frames[b:b + self.batch_size], prompts[b:b + self.batch_size])
             logits = self.net(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
                               enc["pixel_values"].to(self.device, self.dtype),
                               enc["pixel_attention_mask"].to(self.device))
@@ -144,9 +159,49 @@ def _weights(path: Path) -> tuple[dict, dict, str]:
     return loaders, shapes, f"reward checkpoint {str(path / source)!r}"
 
 
+# LlamaTokenizerFast's defaults (transformers 4), for keys a tokenizer_config.json leaves out.
+LLAMA_TOKEN_DEFAULTS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": None}
+LLAMA_CLASSES = (None, "LlamaTokenizer", "LlamaTokenizerFast")
+
+
+def _content(token):
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def load_tokenizer(path: Path):
+    """The checkpoint's tokenizer as the published code gets it: AutoProcessor under transformers 4
+    gives a LlamaTokenizerFast, which runs tokenizer.json's saved pipeline (normalizer, model, decoder,
+    added tokens) as is and rebuilds only the post-processor ("<s> $A" from add_bos_token /
+    add_eos_token). transformers 5's AutoTokenizer would rebuild the whole pipeline instead (see the
+    module docstring), so the file is loaded directly. Right padding (see VideoScore.score)."""
+    from transformers import PreTrainedTokenizerFast
+
+    cfg_file = require_file(path, "tokenizer_config.json", "the published processor")
+    cfg = read_json(cfg_file)
+    if cfg.get("tokenizer_class") not in LLAMA_CLASSES:
+        raise ConfigError(f"reward file {str(cfg_file)!r}: 'tokenizer_class' {cfg.get('tokenizer_class')!r} is not "
+                          "VideoScore's LlamaTokenizer (Mistral)")
+    if cfg.get("add_prefix_space") is not None:  # transformers 4 then rebuilds from tokenizer.model instead
+        raise ConfigError(f"reward file {str(cfg_file)!r}: 'add_prefix_space' {cfg['add_prefix_space']!r} is not "
+                          "supported (the published VideoScore leaves it null)")
+    specials = {k: _content(cfg.get(k, default)) for k, default in LLAMA_TOKEN_DEFAULTS.items()}
+    if "added_tokens_decoder" not in cfg and (path / "special_tokens_map.json").is_file():
+        # transformers 4's legacy format: special_tokens_map.json overrides tokenizer_config.json
+        smap = read_json(path / "special_tokens_map.json")
+        specials.update({k: _content(smap[k]) for k in LLAMA_TOKEN_DEFAULTS if k in smap})
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(require_file(path, "tokenizer.json", "the published tokenizer")),
+        add_bos_token=bool(cfg.get("add_bos_token", True)), add_eos_token=bool(cfg.get("add_eos_token", False)),
+        clean_up_tokenization_spaces=bool(cfg.get("clean_up_tokenization_spaces", False)), padding_side="right",
+        **{k: v for k, v in specials.items() if v is not None})
+    if tokenizer.pad_token is None:  # right padding: the real tokens never attend to the pads
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
 def load(cfg: RewardConfig) -> VideoScore:
     """A downloaded TIGER-Lab/VideoScore or VideoScore-v1.1 directory (docs/rewards.md)."""
-    from transformers import AutoTokenizer, Idefics2Config, Idefics2Processor
+    from transformers import Idefics2Config, Idefics2Processor
     from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
     path = checkpoint_dir(cfg, "TIGER-Lab/VideoScore (or VideoScore-v1.1)")
@@ -162,18 +217,19 @@ def load(cfg: RewardConfig) -> VideoScore:
                           f"VideoScore's head has {len(OUTPUTS)} ({', '.join(OUTPUTS)})")
     for name in ("tokenizer_config.json", "preprocessor_config.json"):
         require_file(path, name, "the published processor")
-    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
-        require_file(path, "tokenizer.json", "or tokenizer.model")
+    require_file(path, "tokenizer.json", "the published tokenizer")
     try:
         config = Idefics2Config.from_pretrained(path, local_files_only=True)
     except Exception as e:  # transformers' validators raise several kinds; name the file
         raise ConfigError(f"reward file {str(path / 'config.json')!r} is not a valid Idefics2 config: "
                           f"{str(e).splitlines()[-1]}") from None
+    # The published perceiver reads the text model's hidden_size and rms_norm_eps (mantis'
+    # Idefics2PerceiverResampler / Idefics2PerceiverLayer); see the module docstring.
+    config.perceiver_config.hidden_size = config.text_config.hidden_size
+    config.perceiver_config.rms_norm_eps = config.text_config.rms_norm_eps
+    tokenizer = load_tokenizer(path)
     # The PIL image processor, as published (transformers would pick its torchvision variant
     # wherever torchvision is installed, which resizes slightly differently).
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, padding_side="right")
-    if tokenizer.pad_token is None:  # right padding: the real tokens never attend to the pads
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     seq_len = read_json(path / "processor_config.json").get("image_seq_len", 64) \
         if (path / "processor_config.json").is_file() else 64
     processor = Idefics2Processor(image_processor=Idefics2ImageProcessorPil.from_pretrained(path, local_files_only=True),
