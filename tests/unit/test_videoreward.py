@@ -219,6 +219,29 @@ def test_head_reads_the_reward_tokens(reward, monkeypatch):
     assert d[0] < 1e-5 and d[1] < 1e-5 and d[2] > 1e-5
 
 
+def test_language_model_gets_the_published_sequential_positions(reward, monkeypatch):
+    """The published Qwen2VLRewardModelBT (VideoAlign trainer.py) calls its language model with
+    position_ids=None, and transformers 4.45 then uses 0..L-1 on all three M-RoPE axes: no 3-D positions
+    for the video tokens, so the first text token after the video sits at its own index."""
+    seen = capture(reward, monkeypatch)
+    got = {}
+
+    def grab(_module, args, kwargs):
+        got["position_ids"] = (args[1] if len(args) > 1 else kwargs["position_ids"]).clone()
+
+    hook = reward.net.model.language_model.rotary_emb.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        reward.raw(clips(2), PROMPTS[:2])
+    finally:
+        hook.remove()
+    ids, pos = seen["input_ids"], got["position_ids"]
+    B, L = ids.shape
+    assert pos.shape == (3, B, L)
+    assert torch.equal(pos, torch.arange(L).expand(3, B, L))
+    end = int((ids[0] == reward.tokenizer.convert_tokens_to_ids("<|vision_end|>")).nonzero()[0])
+    assert int(pos[0, 0, end + 1]) == end + 1 > 288  # after 288 video tokens, not max(t, h, w) + 1
+
+
 def test_three_output_head_takes_the_diagonal(tmp_path):
     write_checkpoint(tmp_path / "VR3", output_dim=3, seed=1)
     r = load_reward(RewardConfig(name="videoreward", path=str(tmp_path / "VR3")))

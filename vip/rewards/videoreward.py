@@ -11,6 +11,8 @@ prompt_template.py, trainer.py Qwen2VLRewardModelBT), reading its model_config.j
           'detailed_special' prompt holding the three reward tokens and the text prompt
   patches rescale 1/255, normalise with the base model's preprocessor_config.json, 14-px
           patches in pairs of frames, 2x2 merge: Qwen2-VL's video processor, written in torch
+  model   Qwen2-VL with plain sequential positions 0..L-1 on all three M-RoPE axes (the published
+          reward model never computes Qwen2-VL's 3-D video positions: sequential_positions)
   output  rm_head (bias-free) at each reward token; (r - mean) / std with the checkpoint's
           inference_config (the published default, use_norm=True)
 The published checkpoint is a LoRA fine-tune saved whole (checkpoint-*/model.pth with the
@@ -146,6 +148,16 @@ def reward_positions(input_ids: torch.Tensor, token_ids: list[int]) -> torch.Ten
     return torch.stack(cols, 1)
 
 
+def sequential_positions(input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] -> [3, B, L] = 0..L-1 on each M-RoPE axis, video tokens included: what the published
+    Qwen2VLRewardModelBT runs with. Its forward (VideoAlign trainer.py) embeds the video itself and calls
+    the language model with position_ids=None, never computing get_rope_index / rope_deltas, and
+    transformers 4.45's Qwen2VLModel then takes cache_position (0..L-1) for all three axes. Transformers 5's
+    Qwen2VLModel would otherwise build 3-D (t, h, w) positions for the video tokens."""
+    B, L = input_ids.shape
+    return torch.arange(L, device=input_ids.device).view(1, 1, L).expand(3, B, L)
+
+
 class VideoRewardNet(nn.Module):
     """Qwen2VLModel + rm_head = Linear(hidden, 1 or 3, bias=False) at the reward tokens."""
 
@@ -153,14 +165,13 @@ class VideoRewardNet(nn.Module):
         super().__init__()
         from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 
-        self.video_token_id = config.video_token_id
         self.model = Qwen2VLModel(config)
         self.rm_head = nn.Linear(config.text_config.hidden_size, head_outputs, bias=False)
 
     def forward(self, input_ids, attention_mask, pixel_values_videos, video_grid_thw, token_ids) -> torch.Tensor:
-        mm_types = (input_ids == self.video_token_id).to(torch.int) * 2  # 0 text, 2 video (3D RoPE)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values_videos=pixel_values_videos,
-                            video_grid_thw=video_grid_thw, mm_token_type_ids=mm_types, use_cache=False).last_hidden_state
+                            video_grid_thw=video_grid_thw, position_ids=sequential_positions(input_ids),
+                            use_cache=False).last_hidden_state
         pos = reward_positions(input_ids, token_ids)  # [B, 3]
         h = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, 3, D]
         s = self.rm_head(h)  # [B, 3, 1 or 3]
