@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 import unicodedata
@@ -33,7 +34,7 @@ class ModelConfig:
     backbone: str = "toyvid"
     path: str = ""  # a local directory in the backbone's published format; "" = the shipped toyvid teacher
     steps: int = 10  # sampler steps (toyvid: 10 DDIM steps score as well as 20, docs/teacher)
-    guidance: float = 1.0  # classifier-free guidance scale (1.0 = off)
+    guidance: float = 1.0  # classifier-free guidance scale (1.0 or less = off, as in diffusers' pipelines)
     device: str = "cpu"
     dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
     adapter: str = ""  # AnimateDiff: a MotionAdapter directory or a .safetensors file (Lightning)
@@ -41,6 +42,10 @@ class ModelConfig:
     height: int = 0  # pixels; 0 = the backbone's default
     width: int = 0
     fps: int = 0  # frame-rate conditioning (VideoCrafter2); 0 = the backbone's default
+    # AnimateDiff's DDIM settings: animatediff_official (guoyww/AnimateDiff's scripts/animate.py: "leading"
+    # timesteps, set_alpha_to_one) | diffusers (diffusers' AnimateDiff docs: "linspace", alpha_cumprod[0] at
+    # the end). Read by backbone animatediff only (docs/decisions.md)
+    sampler_preset: str = "animatediff_official"
 
 
 @dataclass
@@ -120,6 +125,9 @@ class TrainConfig:
     w_sft: float = 1.0e6  # weight of the SFT (distillation) term; the paper's VideoCrafter2 value
     reference: str = "teacher"  # DPO reference: teacher (frozen full M0) | student (frozen initial student)
     sft_target: str = "teacher"  # teacher (distill M0's prediction on the winner) | noise (the diffusion target)
+    # share of pairs trained on the empty prompt (both trainers of Diffusion-DPO use 0.2): keeps the
+    # unconditional branch of classifier-free guidance trained; 0 for models sampled without guidance
+    prompt_dropout: float = 0.2
     min_pairs: int = 16  # fewer kept pairs than this: the stage skips training (a handful of pairs overfits)
     epochs: int = 4
     batch_size: int = 4  # pairs per rank per micro-step
@@ -205,6 +213,10 @@ class Config:
         d.pop("slurm")
         for key in ("nprocs", "checkpointing", "compile"):
             d["train"].pop(key)
+        # the sampler preset changes nothing for other backbones, and `diffusers` is the sampler from before
+        # the key existed: left out then, so those runs keep their hash
+        if d["model"]["backbone"] != "animatediff" or d["model"]["sampler_preset"] == "diffusers":
+            d["model"].pop("sampler_preset")
         if not d["loo"]["adaptive"]:  # these keys change nothing then, and runs planned before they existed stay valid
             for key in ("adaptive", "adaptive_z", "adaptive_first"):
                 d["loo"].pop(key)
@@ -219,14 +231,16 @@ _POSITIVE = {"loo.units_per_task", "loo.batch_size", "loo.adaptive_z", "loo.adap
              "reward.batch_size", "slurm.time", "slurm.cpu_time", "slurm.cpus_per_task", "slurm.nodes"}
 _NON_NEGATIVE = {"model.frames", "model.height", "model.width", "model.fps", "reward.frames", "reward.fps", "prompts.eval_count", "loo.prompts_per_task", "runtime.threads", "filter.max_retries",
                  "curate.target_threshold", "curate.max_prompts", "curate.alpha", "train.w_sft", "train.min_lr",
+                 "train.prompt_dropout",
                  "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.checkpoint_every",
                  "slurm.mem_gb", "slurm.gpus_per_node", "slurm.array_gpus", "slurm.array_parallelism",
                  "slurm.max_requeues", "slurm.signal_delay_s", "slurm.packed_ranks"}
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+SAMPLER_PRESETS = ("animatediff_official", "diffusers")  # vip.models.animatediff builds each
 _CHOICES = {"filter.backend": ("toyvid", "gemini"), "train.reference": ("teacher", "student"),
             "train.sft_target": ("teacher", "noise"), "train.loss": ("redpo", "sft", "dpo"),
             "loo.engine": ("plain", "batched"), "train.checkpointing": ("backbone", "every_block", "none"),
-            "model.dtype": _DTYPES, "reward.dtype": _DTYPES}
+            "model.dtype": _DTYPES, "reward.dtype": _DTYPES, "model.sampler_preset": SAMPLER_PRESETS}
 
 
 def _coerce(key: str, value, kind):
@@ -243,13 +257,18 @@ def _coerce(key: str, value, kind):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif kind is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # nan fails every comparison: alpha=nan would reject every pair
+                raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+            return number
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -329,6 +348,8 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         if d[section][name] not in allowed:
             raise ConfigError(f"config key {key!r} must be one of {', '.join(allowed)}; got {d[section][name]!r}")
+    if cfg.train.prompt_dropout > 1:
+        raise ConfigError(f"config key 'train.prompt_dropout' is a share of pairs, from 0 to 1; got {cfg.train.prompt_dropout}")
     if cfg.train.checkpointing == "every_block" and cfg.model.backbone == "videocrafter2":
         raise ConfigError("config key 'train.checkpointing': every_block is for animatediff, toyvid and wan2.1; "
                           "videocrafter2 has no checkpointing: use 'none' or 'backbone'")

@@ -83,24 +83,55 @@ def flow_sigma(scheduler, t: torch.Tensor, ndim: int) -> torch.Tensor:
     return sigma.reshape(-1, *([1] * (ndim - 1)))
 
 
+# Samplers whose add_noise is the variance-preserving forward process the denoiser was trained
+# on: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps (VideoCrafter2's DDIM subclass adds its signal scale).
+VP_FORWARD = ("DDIMScheduler", "DDPMScheduler", "UniPCMultistepScheduler", "DPMSolverMultistepScheduler",
+              "VideoCrafterDDIMScheduler")
+# Samplers that work in sigma space: add_noise returns x0 + sigma * eps and the sampler divides the
+# denoiser's input by sqrt(sigma^2 + 1) (scale_model_input). Their denoisers were still trained on
+# the VP form above (AnimateDiff-Lightning is SD1.5's epsilon U-Net), so training noises in VP form.
+SIGMA_SPACE = ("EulerDiscreteScheduler",)
+
+
+def _alpha_bar(scheduler, t: torch.Tensor, ndim: int, device, dtype) -> torch.Tensor:
+    a = scheduler.alphas_cumprod.to(device=device, dtype=torch.float64)[t.to(device).long()]
+    return a.reshape(-1, *([1] * (ndim - 1))).to(dtype)
+
+
 def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x_t at integer timesteps t [B]: the scheduler's own forward process for epsilon / v models;
-    x_t = (1 - sigma) x0 + sigma * noise for flow-matching ones."""
+    """x_t at integer timesteps t [B], in the form the denoiser was TRAINED on, whatever sampler
+    generates with it: the VP forward process for epsilon / v models (for a sigma-space sampler
+    such as Lightning's Euler this is its add_noise after scale_model_input), and
+    x_t = (1 - sigma) x0 + sigma * noise for flow-matching ones. The result goes to the denoiser
+    as it is (no scale_model_input)."""
+    name = type(scheduler).__name__
+    work = torch.promote_types(x0.dtype, torch.float32)  # at least float32, even for bf16 latents
     if prediction_type(scheduler) == "flow_prediction":
-        work = torch.promote_types(x0.dtype, torch.float32)  # at least float32, even for bf16 latents
         sigma = flow_sigma(scheduler, t, x0.ndim).to(x0.device, work)
         return ((1 - sigma) * x0.to(work) + sigma * noise.to(work)).to(x0.dtype)
-    return scheduler.add_noise(x0, noise, t)
+    if name in VP_FORWARD:
+        return scheduler.add_noise(x0, noise, t)
+    if name in SIGMA_SPACE:
+        a = _alpha_bar(scheduler, t, x0.ndim, x0.device, work)
+        return (a.sqrt() * x0.to(work) + (1 - a).sqrt() * noise.to(work)).to(x0.dtype)
+    raise ValueError(f"scheduler {name} is not supported for training: its forward process is unknown "
+                     f"(expected one of {', '.join(VP_FORWARD + SIGMA_SPACE)} or a flow-matching scheduler)")
 
 
 def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the denoiser is trained to output: epsilon, v for v-prediction schedulers, or the
-    flow velocity d x_t / d sigma = noise - x0 for flow-matching ones."""
+    """What the denoiser is trained to output: epsilon, v = sqrt(a_t) eps - sqrt(1 - a_t) x0 for
+    v-prediction (diffusers' get_velocity; a sigma-space sampler's get_velocity takes sampling
+    timesteps and works in sigma space, so v is computed here for those), or the flow velocity
+    d x_t / d sigma = noise - x0 for flow-matching ones."""
     kind = prediction_type(scheduler)
     if kind == "epsilon":
         return noise
     if kind == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
+        if type(scheduler).__name__ in VP_FORWARD:
+            return scheduler.get_velocity(x0, noise, t)
+        work = torch.promote_types(x0.dtype, torch.float32)
+        a = _alpha_bar(scheduler, t, x0.ndim, x0.device, work)
+        return (a.sqrt() * noise.to(work) - (1 - a).sqrt() * x0.to(work)).to(x0.dtype)
     if kind == "flow_prediction":
         return noise - x0
     raise ValueError(f"scheduler prediction_type {kind!r} is not supported "

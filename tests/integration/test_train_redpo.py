@@ -177,3 +177,19 @@ def test_every_block_checkpointing_and_regional_compile_train_the_same_student(t
     assert wa.keys() == wb.keys() == wc.keys()  # no wrapper names in the saved student
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert max((wa[k] - wc[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_dropped_prompts_train_on_the_empty_prompt(train_run):
+    """train.prompt_dropout=1: every pair trains on "", so the student cannot depend on the pairs'
+    prompts; with 0 the same pairs train another student (so this can fail)."""
+    other = ["a green triangle moving up on a white background", "a yellow circle bouncing on a black background"]
+    finals = {}
+    for share, name, kw in (("1.0", "a", {}), ("1.0", "b", {"prompts": other}), ("0.0", "a", {})):
+        run = train_run(f"drop{share}{name}", n_pairs=4, overrides=[f"train.prompt_dropout={share}", "train.epochs=1"],
+                        **kw)
+        r = run_training(run)
+        assert r.returncode == 0, r.stderr[-3000:]
+        finals[share, name] = weights(run)
+    a, b, kept = finals["1.0", "a"], finals["1.0", "b"], finals["0.0", "a"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], kept[k]) for k in a)

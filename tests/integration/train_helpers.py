@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red circle moving left on a black background", "a blue square staying still on a gray background"]
 
 
-def make_train_run(root: Path, model_dir: Path, n_pairs: int = 8, overrides: list[str] = ()) -> RunDir:
+def make_train_run(root: Path, model_dir: Path, n_pairs: int = 8, overrides: list[str] = (),
+                   prompts: list[str] = PROMPTS) -> RunDir:
     """A stage-1 run directory ready for training: frozen config, a pruned student and a pairs file
     in the layout curation writes (latents drawn at random: the trainer's input is the file format)."""
     cfg = vip_config.load(ROOT / "configs/toyvid.yaml", [
@@ -31,7 +32,7 @@ def make_train_run(root: Path, model_dir: Path, n_pairs: int = 8, overrides: lis
     write_h5(pairs_path(ctx), {
         "latents_w": torch.randn(shape, generator=g).half().numpy(),
         "latents_l": torch.randn(shape, generator=g).half().numpy(),
-        "prompts": np.array((PROMPTS * n_pairs)[:n_pairs]),
+        "prompts": np.array((list(prompts) * n_pairs)[:n_pairs]),
     }, {"config_sha256": cfg.hash(), "student_sha256": student_sha256(ctx), "targets": json.dumps(["visual_quality"])})
     return run
 

@@ -210,3 +210,47 @@ def test_configs_load_with_the_papers_settings():
     assert (lt.model.backbone, lt.model.steps, lt.model.guidance) == ("animatediff_lightning", 4, 1.0)
     assert lt.model.adapter.endswith("animatediff_lightning_4step_diffusers.safetensors")
     assert lt.select.k == 4 and lt.curate.alpha == 0.3
+
+
+def test_sampler_presets_are_the_two_published_ddim_recipes(dirs, model, baseline, tmp_path):
+    """model.sampler_preset: animatediff_official (the default: guoyww/AnimateDiff's "leading" timesteps
+    ending on alpha 1) or diffusers (the docs' "linspace", ending on alpha_cumprod[0]); golden-checked in
+    tests/goldens/test_golden_animatediff.py."""
+    assert ModelConfig().sampler_preset == "animatediff_official" and model.meta["sampler_preset"] == "animatediff_official"
+    want = {"animatediff_official": ([961, 921, 881], True), "diffusers": ([999, 957, 916], False)}
+    models = {"animatediff_official": model,
+              "diffusers": load_video_model(cfg_for(dirs, sampler_preset="diffusers"), dirs / "sd15")}
+    for preset, (first, alpha_one) in want.items():
+        s = models[preset].scheduler.__class__.from_config(models[preset].scheduler.config)
+        s.set_timesteps(25)
+        assert s.timesteps.tolist()[:3] == first and s.config.set_alpha_to_one is alpha_one
+        assert models[preset].meta["sampler_preset"] == preset
+    other = models["diffusers"].sample_latents(PROMPTS, SEEDS)
+    assert (other - baseline).abs().max() > 1e-3
+    # a saved student samples as the config says, whatever scheduler/ it was saved with
+    model.pruned(UNITS[:1]).save(tmp_path / "s")
+    student = load_video_model(cfg_for(dirs, path=str(tmp_path / "s"), adapter="", sampler_preset="diffusers"),
+                               tmp_path / "s")
+    assert student.scheduler.config.timestep_spacing == "linspace" and student.meta["sampler_preset"] == "diffusers"
+
+
+def test_a_bad_sampler_preset_is_one_line_naming_the_key(dirs):
+    with pytest.raises(ConfigError, match="config key 'model.sampler_preset' must be one of "
+                                          "animatediff_official, diffusers; got 'ddim'"):
+        config.load(None, ["model.backbone=animatediff", "model.sampler_preset=ddim"])
+    with pytest.raises(ConfigError, match="'model.sampler_preset' must be one of"):  # a ModelConfig built in code
+        load_video_model(cfg_for(dirs, sampler_preset="linspace"), dirs / "sd15")
+
+
+def test_the_preset_is_in_the_hash_only_where_it_changes_the_sampler():
+    h = lambda *o: config.load(None, list(o)).hash()  # noqa: E731
+    ad = "model.backbone=animatediff"
+    assert h(ad) != h(ad, "model.sampler_preset=diffusers")
+    # other backbones never read it; `diffusers` is the sampler before the key existed: runs keep their hash
+    assert h() == h("model.sampler_preset=diffusers")
+    assert h("model.backbone=wan2.1") == h("model.backbone=wan2.1", "model.sampler_preset=diffusers")
+    d = config.load(None, [ad, "model.sampler_preset=diffusers"]).to_dict()
+    del d["model"]["sampler_preset"]
+    # a config frozen before the key existed (its hash is the diffusers one) now means the official sampler:
+    # its run directory refuses to resume under another sampler instead of mixing the two
+    assert config.from_dict(d).hash() != h(ad, "model.sampler_preset=diffusers")

@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,18 @@ def test_checkpointing_choices_and_backbones():
     assert config.load(None, ["model.backbone=videocrafter2", "train.checkpointing=none"]).train.checkpointing == "none"
     with pytest.raises(ConfigError, match="'train.compile'.*not videocrafter2"):
         config.load(None, ["model.backbone=videocrafter2", "train.compile=true"])
+
+
+def float_keys() -> list[str]:
+    cfg = config.Config()
+    return [f"{section}.{f.name}" for section in cfg.to_dict()
+            for f in dataclasses.fields(getattr(cfg, section)) if f.type in (float, "float")]
+
+
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", "-inf", ".inf", "-.inf"])
+def test_non_finite_floats_are_refused_for_every_float_key(value):
+    keys = float_keys()
+    assert len(keys) > 10  # the float keys were found
+    for key in keys:
+        with pytest.raises(config.ConfigError, match=f"'{key}' must be a finite number"):
+            config.load(None, [f"{key}={value}"])

@@ -35,12 +35,43 @@ DEFAULTS = {"frames": 16, "height": 512, "width": 512}
 _LIGHTNING_STEPS = re.compile(r"(\d+)step")
 
 
-def ddim_scheduler() -> DDIMScheduler:
+# model.sampler_preset -> what differs between the two published DDIM recipes (docs/decisions.md):
+# - animatediff_official: guoyww/AnimateDiff scripts/animate.py:124 builds DDIMScheduler(**noise_scheduler_kwargs)
+#   from configs/inference/inference-v2.yaml:16-21 on diffusers 0.11.1, so the rest are DDIMScheduler's defaults:
+#   set_alpha_to_one=True (0.11.1 scheduling_ddim.py:128) and "leading" timesteps + steps_offset (:205-210),
+#   25 steps = 961, 921, ..., 1, the last step landing on alpha_cumprod 1
+# - diffusers: diffusers' AnimateDiff docs (DDIMScheduler.from_pretrained(<SD1.5>, subfolder="scheduler",
+#   clip_sample=False, timestep_spacing="linspace", beta_schedule="linear", steps_offset=1); SD1.5's
+#   scheduler_config.json gives set_alpha_to_one=False): 25 steps = 999, 957, ..., 0, ending on alpha_cumprod[0]
+# Neither brings a negative prompt: AnimateDiff's n_prompt lists belong to the DreamBooth checkpoints and prompts
+# of its configs/prompts/*, and its pipeline's default is "" (pipeline_animation.py:192-193), as diffusers' is;
+# the unconditional branch stays meta["negative_prompt"] (default "").
+SAMPLER_PRESETS = {
+    "animatediff_official": {"timestep_spacing": "leading", "set_alpha_to_one": True},
+    "diffusers": {"timestep_spacing": "linspace", "set_alpha_to_one": False},
+}
+
+
+def sampler_preset(name: str) -> dict:
+    if name not in SAMPLER_PRESETS:
+        raise ConfigError(f"config key 'model.sampler_preset' must be one of {', '.join(SAMPLER_PRESETS)}; got {name!r}")
+    return SAMPLER_PRESETS[name]
+
+
+def ddim_scheduler(preset: str = ModelConfig.sampler_preset) -> DDIMScheduler:
     """AnimateDiff's sampler: DDIM over SD1.5's 1000 steps with AnimateDiff's linear betas
-    (SD itself uses scaled_linear), no clipping, steps offset by 1."""
+    (SD itself uses scaled_linear), no clipping, steps offset by 1; spacing and the final alpha per preset."""
+    p = sampler_preset(preset)
     return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="linspace",
-                         prediction_type="epsilon")
+                         clip_sample=False, set_alpha_to_one=p["set_alpha_to_one"], steps_offset=1,
+                         timestep_spacing=p["timestep_spacing"], prediction_type="epsilon")
+
+
+def with_sampler(model: MotionUNetModel, preset: str) -> MotionUNetModel:
+    """A saved student samples as the config says, whatever scheduler/ it was saved with."""
+    model.scheduler = ddim_scheduler(preset)
+    model.meta["sampler_preset"] = preset
+    return model
 
 
 def lightning_scheduler() -> EulerDiscreteScheduler:
@@ -129,13 +160,16 @@ def for_training(model: MotionUNetModel) -> MotionUNetModel:
 
 
 def load(path: Path, cfg: ModelConfig) -> MotionUNetModel:
-    """Registry entry `animatediff`: SD1.5 + a MotionAdapter directory, or a saved student."""
+    """Registry entry `animatediff`: SD1.5 + a MotionAdapter directory, or a saved student; DDIM as
+    model.sampler_preset says."""
+    sampler_preset(cfg.sampler_preset)  # a bad value fails before anything loads
     if (Path(path) / META_FILE).is_file():
-        return load_saved(path, cfg, "animatediff")
+        return with_sampler(load_saved(path, cfg, "animatediff"), cfg.sampler_preset)
     if Path(cfg.adapter).suffix == ".safetensors":
         raise ConfigError(f"model.adapter {cfg.adapter!r} is a single file (AnimateDiff-Lightning); "
                           "use model.backbone=animatediff_lightning, or a MotionAdapter directory")
-    return build(Path(path), cfg, ddim_scheduler(), "animatediff")
+    return build(Path(path), cfg, ddim_scheduler(cfg.sampler_preset), "animatediff",
+                 {"sampler_preset": cfg.sampler_preset})
 
 
 def load_lightning(path: Path, cfg: ModelConfig) -> MotionUNetModel:

@@ -122,6 +122,12 @@ def read_saved(directory: Path, backbone: str | None) -> tuple[dict, list[str]]:
     return meta, json.loads((directory / REMOVED_UNITS_FILE).read_text())
 
 
+def uses_guidance(guidance: float) -> bool:
+    """Classifier-free guidance runs only above 1, as in diffusers' pipelines (AnimateDiffPipeline,
+    WanPipeline: do_classifier_free_guidance = guidance_scale > 1); at or below 1 the prompt alone."""
+    return guidance > 1.0
+
+
 class DiffusionVideoModel(VideoModel):
     """A denoiser whose units match `unit_pattern`, a frozen text encoder, a scheduler and a codec."""
 
@@ -195,7 +201,7 @@ class DiffusionVideoModel(VideoModel):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         guidance = self.meta.get("guidance", 1.0) if guidance is None else guidance
         text = self.encode_prompts(list(prompts))
-        uncond = self.negative_text(len(prompts)) if guidance != 1.0 else None
+        uncond = self.negative_text(len(prompts)) if uses_guidance(guidance) else None
         return self.denoise(text, uncond, seeds, steps, guidance)
 
     def negative_text(self, n: int) -> torch.Tensor:
@@ -212,15 +218,16 @@ class DiffusionVideoModel(VideoModel):
         guidance = self.meta.get("guidance", 1.0) if guidance is None else guidance
         sched = copy.deepcopy(self.scheduler)  # set_timesteps and multistep solvers mutate it
         sched.set_timesteps(steps)
-        if guidance != 1.0:
+        cfg = uses_guidance(guidance)
+        if cfg:
             text = torch.cat([uncond, text])
         x = self.initial_noise(seeds) * sched.init_noise_sigma
         for t in sched.timesteps:
-            inp = torch.cat([x, x]) if guidance != 1.0 else x
+            inp = torch.cat([x, x]) if cfg else x
             inp = sched.scale_model_input(inp, t)
             out = self.predict(inp.to(self.dtype), t.expand(inp.shape[0]).to(self.device), text,
                                denoiser=denoiser).float()
-            if guidance != 1.0:
+            if cfg:
                 u, c = out.chunk(2)
                 out = u + guidance * (c - u)
             x = sched.step(out, t, x).prev_sample

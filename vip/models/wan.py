@@ -8,6 +8,8 @@ vip.redpo noises and targets accordingly.
 """
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import torch
@@ -24,6 +26,19 @@ from vip.redpo import prediction_type
 
 # WanPipeline's defaults for 480p (diffusers 0.42 docs; flow_shift 3.0 is in the published scheduler config)
 DEFAULTS = {"frames": 81, "height": 480, "width": 832, "negative_prompt": "", "max_sequence_length": 512}
+
+
+def clean_prompt(text: str) -> str:
+    """WanPipeline's prompt_clean (diffusers pipelines/wan/pipeline_wan.py): ftfy.fix_text where ftfy is
+    installed, HTML entities unescaped twice ("&amp;amp;" -> "&"), runs of whitespace made one space."""
+    try:
+        import ftfy
+    except ImportError:
+        pass
+    else:
+        text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def _text_weights(folder: Path) -> str:
@@ -54,8 +69,9 @@ class WanModel(DiffusionVideoModel):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """UMT5 states padded to max_sequence_length with zeros past each prompt's end, as WanPipeline."""
-        tok = self.tokenizer([" ".join(p.split()) for p in prompts], padding="max_length", truncation=True,
+        """UMT5 states of the cleaned prompts, padded to max_sequence_length with zeros past each prompt's
+        end, as WanPipeline."""
+        tok = self.tokenizer([clean_prompt(p) for p in prompts], padding="max_length", truncation=True,
                              max_length=self.meta.get("max_sequence_length", 512), add_special_tokens=True,
                              return_attention_mask=True, return_tensors="pt")
         mask = tok.attention_mask.to(self.device)

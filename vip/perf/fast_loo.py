@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vip.models.diffusion import uses_guidance
 from vip.models.gates import UnitGates
 from vip.rewards.base import as_matrix
 
@@ -107,7 +108,7 @@ class FastLoo:
     def sample(self, offs: list[list[str]], text: torch.Tensor, uncond: torch.Tensor | None, seeds: list[int],
                steps: int, guidance: float) -> torch.Tensor:
         """Final latents for a batch of jobs: job b has units offs[b] off, conditioning text[b]."""
-        cfg = guidance != 1.0
+        cfg = uses_guidance(guidance)
         self.gates.set(offs + offs if cfg else offs, self.model.device)  # both CFG halves of a job alike
         return self.model.denoise(text, uncond.expand(len(seeds), -1, -1) if cfg else None, seeds, steps, guidance,
                                   denoiser=self.denoiser)
@@ -121,7 +122,7 @@ class FastLoo:
         uniq = list(dict.fromkeys(prompts))
         with self._timed("text"):  # once per prompt for every variant
             emb = m.encode_prompts(uniq).to(self.dtype)
-            uncond = m.negative_text(1).to(self.dtype) if guidance != 1.0 else None
+            uncond = m.negative_text(1).to(self.dtype) if uses_guidance(guidance) else None
         row = {p: i for i, p in enumerate(uniq)}
         jobs = [(vi, pi) for vi in range(len(variants)) for pi in range(len(prompts))]
         rows = []

@@ -131,6 +131,16 @@ def sample_noise(seed: int, first: int, count: int, shape: tuple, T: int) -> tup
     return torch.stack(noise), torch.cat(t)
 
 
+def dropped_prompts(seed: int, first: int, count: int, share: float) -> torch.Tensor:
+    """Which of the `count` samples from global position `first` on train on the empty prompt (as the
+    public Diffusion-DPO trainers drop a share of captions): keyed to the position like the noise, on
+    its own stream, so the noise and timesteps are the same whatever the share."""
+    if share <= 0:
+        return torch.zeros(count, dtype=torch.bool)
+    draws = [np.random.default_rng(np.random.SeedSequence([seed, p, 1])).random() for p in range(first, first + count)]
+    return torch.tensor(draws) < share
+
+
 def _checkpoint_tags(ckpt: Path) -> list[Path]:
     return sorted((p for p in ckpt.glob("step*") if (p / CHECKPOINT_META).is_file()), key=lambda p: p.name)
 
@@ -214,9 +224,11 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
             reference.to(frozen_dtype)
     prompts = sorted(set(pairs.prompts))
     row = {p: i for i, p in enumerate(prompts)}
-    text_s = student.encode_prompts(prompts).to(dev, frozen_dtype)  # the engine's dtype (bf16 on GPU)
-    text_t = teacher.encode_prompts(prompts).to(dev, frozen_dtype)
+    # the last row is the empty prompt, for the pairs that train the unconditional branch
+    text_s = student.encode_prompts(prompts + [""]).to(dev, frozen_dtype)  # the engine's dtype (bf16 on GPU)
+    text_t = teacher.encode_prompts(prompts + [""]).to(dev, frozen_dtype)
     pair_text = torch.tensor([row[p] for p in pairs.prompts])
+    empty = len(prompts)
 
     # buffers too (the motion modules' positional tables): DeepSpeed's bf16 mode casts only parameters
     policy = student.trainable_module().to(dev).train().requires_grad_(True)
@@ -262,7 +274,9 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
             x_w, x_l = pairs.latents_w[idx].to(dev), pairs.latents_l[idx].to(dev)
             noise, t = sample_noise(tc.seed, step * global_batch + offset, len(idx), tuple(x_w.shape[1:]), T)
             noise, t = noise.to(dev), t.to(dev)
-            ts, tt = text_s[pair_text[idx]], text_t[pair_text[idx]]
+            rows = torch.where(dropped_prompts(tc.seed, step * global_batch + offset, len(idx), tc.prompt_dropout),
+                               empty, pair_text[idx])
+            ts, tt = text_s[rows], text_t[rows]
 
             def rep(text, x):  # the stacked [winner; loser] batch needs the text twice
                 return text.repeat(x.shape[0] // len(idx), 1, 1)
