@@ -36,12 +36,12 @@ TINY_TEXT_LENGTH = 16
 
 def byte_tokenizer(max_length: int = TINY_TEXT_LENGTH) -> CLIPTokenizer:
     """A CLIP BPE tokenizer without merges (every byte a token), built offline. Byte tokens come
-    in CLIP's order, so "!" is id 0: the pad id open_clip uses."""
+    in CLIP's order, so "!" is id 0: the pad id open_clip uses (VideoCrafter2Model.token_ids pads with it)."""
     chars = list(bytes_to_unicode().values())
     vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars])}
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length, pad_token="!")
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
 def tiny_text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:

@@ -278,15 +278,19 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, torch.T
 
 
 def prepare_tokenizer(directory: Path, max_length: int = 77) -> CLIPTokenizer:
-    """CLIP's BPE (vocab.json + merges.txt) padded like open_clip.tokenize: with id 0 ("!")."""
+    """CLIP's BPE (vocab.json + merges.txt). The model pads with id 0 ("!") like open_clip.tokenize
+    (VideoCrafter2Model.token_ids); "!" is not made the pad token here, since a special token is split out of
+    the prompt text (see model.open_clip_tokenizer)."""
+    from vip.models.videocrafter2.model import open_clip_tokenizer
+
     directory = Path(directory)
     missing = [f for f in ("vocab.json", "merges.txt") if not (directory / f).is_file()]
     if missing and not (directory / "tokenizer.json").is_file():
         raise ConfigError(f"tokenizer directory {str(directory)!r}: {missing[0]} is missing "
                           "(a CLIP BPE tokenizer, e.g. the tokenizer/ folder of stabilityai/stable-diffusion-2-1-base)")
-    tok = CLIPTokenizer.from_pretrained(directory, pad_token="!", model_max_length=max_length)
-    if tok.pad_token_id != 0:
-        raise ConfigError(f"tokenizer {str(directory)!r}: '!' has id {tok.pad_token_id}, expected 0 "
+    tok = open_clip_tokenizer(CLIPTokenizer.from_pretrained(directory, model_max_length=max_length))
+    if tok.convert_tokens_to_ids("!") != 0:
+        raise ConfigError(f"tokenizer {str(directory)!r}: '!' has id {tok.convert_tokens_to_ids('!')}, expected 0 "
                           "(open_clip pads with token 0; this is not CLIP's vocabulary)")
     return tok
 

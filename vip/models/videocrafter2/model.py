@@ -10,7 +10,9 @@ per-step noise, so a seed gives the same clip whatever else is in the batch.
 from __future__ import annotations
 
 import copy
+import html
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,6 +62,30 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str) -
     module.load_state_dict(state, strict=True, assign=True)
 
 
+_SINGLE_QUOTES = re.compile("[\u02bc\u2018-\u201b]")  # ftfy's uncurl_quotes (chardata.py SINGLE/DOUBLE_QUOTE_RE)
+_DOUBLE_QUOTES = re.compile("[\u201c-\u201f]")
+
+
+def open_clip_clean(text: str) -> str:
+    """open_clip's basic_clean (tokenizer.py): ftfy.fix_text, html.unescape twice, strip. Of ftfy's fixes only
+    uncurl_quotes is reproduced (ftfy is not a dependency): ligatures, full-width letters and mojibake pass
+    unfixed. Lower-casing and whitespace are the CLIP tokenizer's own normalizer."""
+    text = _DOUBLE_QUOTES.sub('"', _SINGLE_QUOTES.sub("'", text))
+    return html.unescape(html.unescape(text)).strip()
+
+
+def open_clip_tokenizer(tokenizer: CLIPTokenizer) -> CLIPTokenizer:
+    """The tokenizer without "!" as a special token. A CLIPTokenizer made with pad_token="!" (as Stable Diffusion
+    2's tokenizer config and our earlier converter did) splits every "!" of a prompt out as that special token,
+    id 0, where open_clip's BPE gives "!</w>" (256 in CLIP's vocabulary) or a merge; rebuilt here from its own
+    vocabulary and merges, which keeps every other id."""
+    if "!" not in tokenizer.all_special_tokens:
+        return tokenizer
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=tokenizer.model_max_length)
+
+
 class VideoCrafter2Model(VideoModel):
     backbone = BACKBONE
 
@@ -67,7 +93,7 @@ class VideoCrafter2Model(VideoModel):
                  tokenizer: CLIPTokenizer, scheduler: VideoCrafterDDIMScheduler, meta: dict,
                  removed: list[str] | None = None):
         self.unet, self.vae, self.text_encoder = unet.eval(), vae.eval(), text_encoder.eval()
-        self.tokenizer, self.scheduler = tokenizer, scheduler
+        self.tokenizer, self.scheduler = open_clip_tokenizer(tokenizer), scheduler
         self.meta = dict(meta, backbone=BACKBONE)
         self.removed = list(removed or [])
 
@@ -111,11 +137,20 @@ class VideoCrafter2Model(VideoModel):
     def vae_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    def token_ids(self, prompts: list[str]) -> torch.Tensor:
+        """open_clip.tokenize, which VideoCrafter's FrozenOpenCLIPEmbedder calls: [sot] + BPE + [eot], cut to the
+        context with eot last, then zeros (id 0 is "!": open_clip pads with it, and the U-Net's cross-attention
+        reads every position). The text is first cleaned like open_clip's basic_clean (HTML entities, curly quotes)."""
+        length = self.tokenizer.model_max_length
+        rows = self.tokenizer([open_clip_clean(p) for p in prompts], truncation=True, max_length=length).input_ids
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row)
+        return ids
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(list(prompts), padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device)).last_hidden_state
+        return self.text_encoder(self.token_ids(list(prompts)).to(self.text_encoder.device)).last_hidden_state
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, denoiser=None) -> torch.Tensor:
         """Epsilon for latents [B, 4, F, h, w] at timesteps t [B], at the model's fps."""

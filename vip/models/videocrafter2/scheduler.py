@@ -27,6 +27,15 @@ class VideoCrafterDDIMScheduler(DDIMScheduler):
                          timestep_spacing=timestep_spacing, **kwargs)
         if prediction_type != "epsilon":
             raise ValueError(f"VideoCrafterDDIMScheduler supports prediction_type 'epsilon' only, got {prediction_type!r}")
+        if beta_schedule == "scaled_linear" and kwargs.get("trained_betas") is None:
+            # lvdm's make_beta_schedule("linear") and DDPM.register_schedule compute the schedule in float64 and
+            # store it as float32 (utils_diffusion.py:33-34, ddpm3d.py:119-133); diffusers' float32 linspace and
+            # cumprod land up to 1e-6 (relative) away, which CFG's large steps amplify.
+            betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=torch.float64) ** 2
+            self.betas = betas.float()
+            self.alphas = (1.0 - betas).float()
+            self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).float()
+            self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         t = torch.arange(num_train_timesteps, dtype=torch.float64)
         ramp = scale_a + (scale_b - scale_a) * t / max(scale_mid_step - 1, 1)  # np.linspace(a, b, mid)
         self.scale = torch.where(t < scale_mid_step, ramp, torch.full_like(t, scale_b)).float()
