@@ -22,8 +22,20 @@ BACKBONES = {
 }
 
 
-def register(name: str, target: str) -> None:
+# name -> the folder of a model directory the family's save() writes that holds its denoiser: the one
+# part pruning and training change (the family's denoiser_dir; VideoCrafter2Model saves unet/)
+DENOISER_DIRS = {"toyvid": "unet", "animatediff": "unet", "animatediff_lightning": "unet",
+                 "videocrafter2": "unet", "wan2.1": "transformer"}
+
+
+def register(name: str, target: str, denoiser_dir: str = "unet") -> None:
     BACKBONES[name] = target
+    DENOISER_DIRS[name] = denoiser_dir
+
+
+def denoiser_dir(backbone: str) -> str:
+    check_backbone(backbone)
+    return DENOISER_DIRS[backbone]
 
 
 def check_backbone(name: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vip import provenance as prov
 from vip.config import Config, ConfigError
 from vip.prompts import filters
 from vip.prompts.instructions import INSTRUCTIONS, template_sha256
@@ -130,7 +131,19 @@ def run_task(run: RunDir, cfg: Config, index: int, backend: Backend | None = Non
         if progress:
             progress(len(prompts))
     shards(run).write(index, arrays, {"config_sha256": cfg.hash(), "task": index, "model": backend.model,
-                                      "instructions": json.dumps(planned["instructions"])})
+                                      "instructions": json.dumps(planned["instructions"]),
+                                      prov.ATTR: prov.encode(provenance(planned, index))})
+
+
+def provenance(planned: dict, index: int) -> dict:
+    """What determines task `index`'s scores (vip.provenance): the backend and its LLM, the two
+    instructions, the prompts (ids and texts), the task's place in the plan, and the run's config
+    (which the filter's plan is tied to)."""
+    lo, hi = planned["tasks"][index]
+    return {"kind": "filter", "backend": planned["backend"], "model": planned["model"],
+            "instructions": planned["instructions"], "prompt_ids": list(range(lo, hi)),
+            "prompts_sha256": prov.texts_sha256(planned["prompts"][lo:hi]), "task": index, "samples": [lo, hi],
+            "config_sha256": planned["config_sha256"]}
 
 
 def _histogram_text(name: str, scores: np.ndarray) -> str:
@@ -190,9 +203,7 @@ def merge(run: RunDir, cfg: Config) -> Path:
     n = len(prompts)
     scores = {name: np.full(n, -2, dtype=np.int8) for name in INSTRUCTIONS}  # -2: not yet filled
     for i, (arrays, attrs) in enumerate(shards(run).read_all(list(range(len(planned["tasks"]))))):
-        if attrs.get("config_sha256") != planned["config_sha256"]:
-            raise IncompleteError(f"{shards(run).shard(i)} was computed under another config; start a new run "
-                                  "with --run-dir")
+        prov.check(shards(run).shard(i), attrs, provenance(planned, i))
         for name in INSTRUCTIONS:
             scores[name][arrays["prompt_ids"]] = arrays[name]
     if any((s == -2).any() for s in scores.values()):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vip import provenance as prov
 from vip.config import ConfigError
 from vip.evaluate import evaluate as score_samples
 from vip.rewards.base import ASPECTS
@@ -186,8 +187,19 @@ def run_task(ctx: StageContext, index: int, progress=None) -> None:
             "prompt_ids": np.array(es.prompt_ids[lo:hi]),
             "seeds": np.array(es.seeds[lo:hi]),
         }, {"aspects": json.dumps(ASPECTS), "config_sha256": ctx.cfg.hash(), "model_sha256": ctx.model_sha256,
-            "task": index})
+            "task": index, prov.ATTR: prov.encode(provenance(ctx, planned, index))})
     shutil.rmtree(partial, ignore_errors=True)  # the shard holds it all now
+
+
+def provenance(ctx: StageContext, planned: dict, index: int) -> dict:
+    """What determines task `index`'s shard (vip.provenance): the planned model, how it samples and
+    what scores it, the samples' seeds, prompt ids and texts, and the task's place in the plan."""
+    task, es = planned["tasks"][index], ctx.eval_set
+    lo, hi = task["samples"]
+    return {"kind": "loo", "model_sha256": planned["model_sha256"], "sampler": prov.sampler(ctx.cfg.model),
+            "reward": prov.reward(ctx.cfg.reward), "seeds": es.seeds[lo:hi], "prompt_ids": es.prompt_ids[lo:hi],
+            "prompts_sha256": prov.texts_sha256(es.prompts[lo:hi]), "task": index, "variants": task["variants"],
+            "samples": [lo, hi]}
 
 
 def partial_dir(ctx: StageContext, index: int) -> Path:
@@ -206,13 +218,12 @@ def _read_partial(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
 
 
 def _table(ctx: StageContext, meta: dict) -> np.ndarray:
-    """scores[variant, sample, aspect] from every planned shard; NaN where no task covers a cell."""
+    """scores[variant, sample, aspect] from every planned shard; NaN where no task covers a cell.
+    A shard whose provenance is not what the plan expects is refused, never merged."""
     variants = meta["variants"]
     full = np.full((len(variants), meta["samples"], len(ASPECTS)), np.nan, dtype=np.float32)
     for i, (arrays, attrs) in enumerate(shards(ctx).read_all(list(range(len(meta["tasks"]))))):
-        if attrs.get("model_sha256") != meta["model_sha256"]:
-            raise IncompleteError(f"{shards(ctx).shard(i)} was computed from other weights than {meta['model']}; "
-                                  "start a new run with --run-dir")
+        prov.check(shards(ctx).shard(i), attrs, provenance(ctx, meta, i))
         rows = [variants.index(v) for v in arrays["variants"]]
         full[np.ix_(rows, arrays["sample_ids"])] = arrays["scores"]
     return full
