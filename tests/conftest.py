@@ -41,6 +41,8 @@ def _slurm_problem() -> str:
 
 
 def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        pytest.skip(NO_GPU)  # the one skip VIP_NO_SKIP lets through: CI machines have no GPU
     if item.get_closest_marker("slurm") is None:
         return
     problem = _slurm_problem()
@@ -49,3 +51,32 @@ def pytest_runtest_setup(item):
     if os.environ.get("VIP_REQUIRE_SLURM") == "1":
         pytest.fail(f"VIP_REQUIRE_SLURM=1 but no Slurm cluster: {problem}", pytrace=False)
     pytest.skip(f"no Slurm cluster: {problem}")
+
+
+# --- No silent skip: under VIP_NO_SKIP=1 (.ci/run sets it) a test or test module that skips fails
+# instead, with its reason (what is missing) as the line. Only tests marked `gpu`, on a machine
+# without CUDA, may still skip: CI machines have none.
+NO_GPU = "no CUDA GPU (tests marked gpu run on a GPU machine only)"
+
+
+def _fail_a_skip(report, allowed: bool = False) -> None:
+    if not report.skipped or os.environ.get("VIP_NO_SKIP") != "1" or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if allowed and reason == NO_GPU:
+        return
+    report.outcome = "failed"
+    report.longrepr = f"VIP_NO_SKIP=1 (CI) but it skipped: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_a_skip(outcome.get_result(), allowed=item.get_closest_marker("gpu") is not None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):  # a module-level skip or importorskip
+    outcome = yield
+    _fail_a_skip(outcome.get_result())
