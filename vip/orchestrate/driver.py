@@ -123,20 +123,26 @@ def run_selection(ctx: StageContext) -> dict:
 
 
 def run_stage(ctx: StageContext) -> dict:
-    """Every step of one stage that is not done yet; returns the stage's outcome."""
+    """Every step of one stage that is not done yet; returns the stage's outcome. The steps found
+    done are named in one line; when every step was, nothing in the run directory is written."""
     cfg, run = ctx.cfg, ctx.run
-    run_selection(ctx)
-    if not prompt_filter.is_done(run, cfg):
-        run_filter(run, cfg)
-    if not target.is_done(ctx):
-        target.run(ctx)
-    if not pairs.is_done(ctx):
-        if pairs.missing(ctx):
-            run_pairs(ctx)
-        pairs.curate(ctx)
-    if not redpo_trainer.is_done(run, ctx.stage, cfg):
-        run_training(ctx)
-    if not outcome.is_done(ctx):
-        outcome.run(ctx)
-    write_report(run.path)  # report.html: one file a person can open or mail
+    skipped, ran = [], []
+
+    def step(name: str, done: bool, work) -> None:
+        (skipped if done else ran).append(name)
+        if not done:
+            work()
+
+    step("loo", loo.is_done(ctx), lambda: (run_loo(ctx), loo.merge(ctx)))
+    step("select", select.is_done(ctx), lambda: select.run(ctx))
+    step("filter", prompt_filter.is_done(run, cfg), lambda: run_filter(run, cfg))
+    step("target", target.is_done(ctx), lambda: target.run(ctx))
+    step("pairs+curate", pairs.is_done(ctx),
+         lambda: (run_pairs(ctx) if pairs.missing(ctx) else None, pairs.curate(ctx)))
+    step("train", redpo_trainer.is_done(run, ctx.stage, cfg), lambda: run_training(ctx))
+    step("outcome", outcome.is_done(ctx), lambda: outcome.run(ctx))
+    if skipped:
+        print(f"stage {ctx.stage}: {', '.join(skipped)} done already (skipped)", flush=True)
+    if ran or not (run.path / "report.html").is_file():
+        write_report(run.path)  # report.html: one file a person can open or mail
     return outcome.load(ctx)
