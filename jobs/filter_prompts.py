@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from vip import config as vip_config  # noqa: E402
 from vip.cli import fail_cleanly  # noqa: E402
@@ -48,7 +49,8 @@ def print_summary(run, summary: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/toyvid.yaml")
+    ap.add_argument("--config", default=str(ROOT / "configs/toyvid.yaml"),
+                    help="config file (default: the project's configs/toyvid.yaml, from any directory)")
     ap.add_argument("--run-dir", help="run directory (default: <run.root>/<run.name>)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--task", type=int, help="run only this task (0-based), e.g. $SLURM_ARRAY_TASK_ID")
@@ -68,7 +70,9 @@ def main() -> None:
         if args.status:
             print_status(run)
             return
-        step.preflight(cfg, run)
+        from vip.orchestrate.preflight import preflight
+
+        preflight(cfg, run, 1, "filter")  # the backend, the source prompts and the rest, then the config frozen
         try:
             if args.task is not None:
                 step.plan(run, cfg)

@@ -19,7 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from vip import config as vip_config  # noqa: E402
 from vip.cli import fail_cleanly  # noqa: E402
@@ -90,7 +91,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", type=int, default=1)
     ap.add_argument("--until", type=int, help="run stages --stage to --until (default: just --stage)")
-    ap.add_argument("--config", default="configs/toyvid.yaml")
+    ap.add_argument("--config", default=str(ROOT / "configs/toyvid.yaml"),
+                    help="config file (default: the project's configs/toyvid.yaml, from any directory)")
     ap.add_argument("--run-dir", help="run directory (default: <run.root>/<run.name>)")
     ap.add_argument("--executor", choices=["local", "slurm"], help="overrides runtime.executor")
     ap.add_argument("--partition", help="Slurm partition of the GPU jobs (overrides slurm.partition)")

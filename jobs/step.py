@@ -13,8 +13,9 @@
 runs tasks r, r+R, r+2R, ... of the plan, skipping those already done (sbatch/packed.sbatch).
 
 Prompt filtering is jobs/filter_prompts.py and training jobs/train_redpo.py. Every step checks its
-inputs first and stops with one line naming what is missing (exit 2); a step already done says so
-and does nothing. The config is normally the run's frozen <run>/config.yaml.
+inputs first (vip/orchestrate/preflight.py, before the config is frozen) and stops with one line
+naming what is missing (exit 2); a step already done says so and does nothing. The config is
+normally the run's frozen <run>/config.yaml.
 """
 import argparse
 import sys
@@ -40,7 +41,6 @@ def main() -> None:
 
     with fail_cleanly():
         from vip.orchestrate.steprun import run_step
-        from vip.steps.context import StageContext
         from vip.store import RunDir
 
         run = RunDir(args.run_dir)
@@ -49,19 +49,23 @@ def main() -> None:
             raise vip_config.ConfigError(f"{config_path} does not exist; give --config, or a --run-dir made by "
                                          "jobs/stage.py or jobs/render_sbatch.py")
         cfg = vip_config.load(config_path, list(args.overrides))
-        if args.stage < 1:
-            raise vip_config.ConfigError(f"--stage must be 1 or more, got {args.stage}")
-        run.freeze(cfg)  # refuses a config other than the run's
-        if args.packed:
-            run_packed(args.step, run, cfg, args.stage, args.task)
-            return
-        if args.step == "filter":
+        if args.step == "filter" and not args.packed:
             raise vip_config.ConfigError("the prompt filter runs with jobs/filter_prompts.py (jobs/step.py filter only "
                                          "with --packed)")
-        print(run_step(args.step, StageContext(run, cfg, args.stage), args.task), flush=True)
+        if args.packed and args.step not in ("loo", "pairs", "filter"):
+            raise vip_config.ConfigError(f"--packed is for the fanned-out steps loo, pairs and filter, not {args.step}")
+        from vip.orchestrate.preflight import preflight
+
+        # every check before the config is frozen (which refuses a config other than the run's)
+        # (a packed rank loads the model only once it has picked its own GPU)
+        ctx = preflight(cfg, run, args.stage, args.step, load_model=False if args.packed else None)
+        if args.packed:
+            run_packed(args.step, run, cfg, args.stage, args.task, ctx)
+            return
+        print(run_step(args.step, ctx, args.task), flush=True)
 
 
-def run_packed(step: str, run, cfg, stage: int, task) -> None:
+def run_packed(step: str, run, cfg, stage: int, task, stage_ctx=None) -> None:
     from vip.orchestrate import packed
     from vip.orchestrate.steprun import check_pair_inputs
     from vip.steps import loo, pairs
@@ -73,7 +77,8 @@ def run_packed(step: str, run, cfg, stage: int, task) -> None:
         raise vip_config.ConfigError(f"--packed is for the fanned-out steps loo, pairs and filter, not {step}")
     if task is not None:
         raise vip_config.ConfigError("--packed shares out every task of the step; leave out --task")
-    ctx = StageContext(run, cfg, 0 if step == "filter" else stage)  # the prompt filter is run-wide
+    # the prompt filter is run-wide
+    ctx = StageContext(run, cfg, 0) if step == "filter" else stage_ctx or StageContext(run, cfg, stage)
     done = {"loo": lambda: loo.is_done(ctx), "pairs": lambda: pairs.is_done(ctx),
             "filter": lambda: prompt_filter.is_done(run, cfg)}[step]
     if done():

@@ -34,6 +34,9 @@ def main() -> int:
         if not frozen.is_file():
             raise vip_config.ConfigError(f"{frozen} does not exist; --run-dir must be a run made by jobs/stage.py")
         cfg = vip_config.load(frozen)
+        from vip.orchestrate.preflight import preflight
+
+        preflight(cfg, run, args.stage, "train", freeze=False)  # the pruned student, the DeepSpeed file, ...
         from vip.train.redpo_trainer import train
 
         return train(run, cfg, args.stage, progress=not args.no_progress)

@@ -335,6 +335,42 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return from_dict(data)
 
 
+# The model.* and reward.* keys a backbone or reward does not read (it reads every other key of its section).
+# A non-default value of one would change the config hash and nothing else, so it is refused (naming the key);
+# model.sampler_preset is left out of the hash instead (Config.hash). A backbone or reward registered in code
+# and not listed here is not checked.
+IGNORED_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "model": {"toyvid": ("frames", "height", "width", "fps", "adapter"),  # 8 frames of 32x32, fixed by its world
+              "animatediff": ("fps",), "animatediff_lightning": ("fps",),
+              "videocrafter2": ("adapter",), "wan2.1": ("fps", "adapter")},
+    "reward": {"toyvid_score": ("path", "frames", "fps"),  # rule-based: no weights, every frame of the clip
+               "videoscore": ("fps",), "videoreward": ()},
+}
+
+
+def _owner(cfg: Config, section: str) -> str:
+    return cfg.model.backbone if section == "model" else cfg.reward.name
+
+
+def reads_key(cfg: Config, section: str, key: str) -> bool:
+    """True when the chosen backbone (section model) or reward is known to read `section.key`."""
+    ignored = IGNORED_KEYS[section].get(_owner(cfg, section))
+    return ignored is not None and key not in ignored
+
+
+def validate_keys_read(cfg: Config) -> None:
+    for section, table in IGNORED_KEYS.items():
+        owner = _owner(cfg, section)
+        defaults = {"model": ModelConfig(), "reward": RewardConfig()}[section]
+        for key in table.get(owner, ()):
+            value = getattr(getattr(cfg, section), key)
+            if value != getattr(defaults, key):
+                what = "backbone" if section == "model" else "reward"
+                raise ConfigError(f"config key '{section}.{key}' is {value!r}, but the {what} {owner!r} does not read "
+                                  f"it (it would change the config hash and nothing else); leave it at "
+                                  f"{getattr(defaults, key)!r}")
+
+
 def validate(cfg: Config) -> None:
     d = cfg.to_dict()
     for key in _POSITIVE | _NON_NEGATIVE:
@@ -358,6 +394,7 @@ def validate(cfg: Config) -> None:
                           "and wan2.1, not videocrafter2; set train.compile=false")
     if cfg.runtime.executor not in ("local", "slurm"):
         raise ConfigError(f"config key 'runtime.executor' must be 'local' or 'slurm', got {cfg.runtime.executor!r}")
+    validate_keys_read(cfg)
     validate_slurm(cfg.slurm)
     if not cfg.run.name or "/" in cfg.run.name:
         raise ConfigError(f"config key 'run.name' must be a non-empty name without '/', got {cfg.run.name!r}")

@@ -155,3 +155,28 @@ def test_non_finite_floats_are_refused_for_every_float_key(value):
     for key in keys:
         with pytest.raises(config.ConfigError, match=f"'{key}' must be a finite number"):
             config.load(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.frames=4"], "model.frames"), (["model.height=64"], "model.height"), (["model.fps=8"], "model.fps"),
+    (["model.adapter=/x"], "model.adapter"), (["reward.frames=4"], "reward.frames"),
+    (["reward.path=/x"], "reward.path"),
+    (["reward.fps=2"], "reward.fps"), (["model.backbone=wan2.1", "model.fps=16"], "model.fps"),
+    (["model.backbone=videocrafter2", "model.adapter=/x"], "model.adapter"),
+    (["reward.name=videoscore", "reward.fps=2"], "reward.fps"),
+])
+def test_a_key_the_backbone_or_reward_does_not_read_is_refused(overrides, key):
+    """It would change the config hash and nothing else (toyvid's clips are 8 frames of 32x32 whatever
+    model.frames says; toyvid_score has no weights and reads every frame)."""
+    with pytest.raises(ConfigError) as e:
+        config.load(None, overrides)
+    assert str(e.value).startswith(f"config key '{key}' is ") and "does not read it" in str(e.value)
+
+
+def test_keys_the_backbone_or_reward_reads_are_accepted():
+    config.load(None, ["model.backbone=wan2.1", "model.frames=5", "model.height=16", "model.width=16"])
+    config.load(None, ["model.backbone=videocrafter2", "model.fps=8"])
+    config.load(None, ["model.backbone=animatediff", "model.adapter=/x", "model.frames=4"])
+    config.load(None, ["reward.name=videoreward", "reward.path=/x", "reward.frames=4", "reward.fps=2"])
+    config.load(None, ["reward.batch_size=2", "reward.dtype=float32"])  # how to run: not refused
+    assert config.load(None, ["model.frames=0"]).hash() == config.load(None).hash()

@@ -36,6 +36,12 @@ def test_file_formats(tmp_path):
     ("empty.txt", "\n  \n", "holds no prompts"),
     ("bad.csv", "id,text\n1,a cat\n", "no 'prompt' column"),
     ("bad.jsonl", '{"text": "a"}\n', "line 1 has no 'prompt'"),
+    # control characters other than tabs and line breaks are refused, naming the line (issue 17)
+    ("bell.txt", "a cat\na \x07dog\n", "line 2 holds the control character U+0007"),
+    ("feed.txt", "a cat\fa dog\n", "line 1 holds the control character U+000C"),  # not a line break here
+    ("escape.jsonl", json.dumps({"prompt": "a cat"}) + "\n" + json.dumps({"prompt": "a \x1b[31mdog"}) + "\n",
+     "line 2 holds the control character U+001B"),
+    ("delete.csv", "id,prompt\n1,a cat\n2,a dog\x7f\n", "row 3 holds the control character U+007F"),
 ])
 def test_bad_prompt_files_name_the_file(tmp_path, name, content, words):
     (tmp_path / name).write_text(content)
@@ -44,3 +50,10 @@ def test_bad_prompt_files_name_the_file(tmp_path, name, content, words):
     assert words in str(e.value) and name in str(e.value)
     with pytest.raises(ConfigError, match="does not exist"):
         load_prompts(str(tmp_path / "missing.txt"))
+
+
+def test_tabs_and_line_breaks_stay_in_a_prompt(tmp_path):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a cat\non a\tmat"}) + "\n")
+    (tmp_path / "p.csv").write_text('id,prompt\n1,"a cat\r\non a mat"\n')
+    assert load_prompts(str(tmp_path / "p.jsonl")) == ["a cat\non a\tmat"]
+    assert load_prompts(str(tmp_path / "p.csv")) == ["a cat\r\non a mat"]

@@ -27,6 +27,15 @@ def motion_units(unet) -> list[str]:
     return list_units(unet, _UNIT)
 
 
+def text_weights(folder: Path) -> str:
+    """The text encoder's weights file that transformers' from_pretrained reads (safetensors, sharded or not, or
+    the older pytorch_model.bin); its usual name when none is there, for the error."""
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return name
+    return "model.safetensors"
+
+
 class MotionUNetModel(DiffusionVideoModel):
     backbone = "toyvid"
     unit_pattern = _UNIT
@@ -80,7 +89,9 @@ class MotionUNetModel(DiffusionVideoModel):
         has_vae = (directory / "vae").is_dir()
         require_files(directory, ["unet/config.json", f"unet/{weights_file(directory / 'unet')}",
                                   "scheduler/scheduler_config.json",
-                                  "text_encoder/config.json", "tokenizer/tokenizer_config.json"]
+                                  "text_encoder/config.json",
+                                  f"text_encoder/{text_weights(directory / 'text_encoder')}",
+                                  "tokenizer/tokenizer_config.json"]
                       + (["vae/config.json", f"vae/{weights_file(directory / 'vae')}"] if has_vae else []),
                       f"a saved {meta.get('backbone', 'toyvid')} model")
         unet = cls.load_denoiser(directory, removed, UNetMotionModel, meta.get("backbone", "toyvid"))

@@ -10,15 +10,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
-from vip.config import Config, ConfigError
-from vip.models.registry import check_backbone
+from vip.cli import ERROR_FILE, read_reported
+from vip.config import Config
 from vip.orchestrate import local
-from vip.prompts.llm import check_backend, make_backend
-from vip.prompts.sets import load_prompts
+from vip.orchestrate.preflight import preflight as preflight_checks
+from vip.prompts.llm import make_backend
 from vip.report.build import write_report
-from vip.rewards.registry import check_reward
 from vip.steps import filter as prompt_filter
 from vip.steps import loo, outcome, pairs, select, target
 from vip.steps.context import StageContext
@@ -29,24 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def preflight(cfg: Config, run: RunDir, stage: int) -> StageContext:
-    """Check everything a stage needs before anything is written."""
-    if stage < 1:
-        raise ConfigError(f"--stage must be 1 or more, got {stage}")
-    check_backbone(cfg.model.backbone)
-    check_reward(cfg.reward.name)
-    check_backend(cfg.filter)  # e.g. a missing API key, before any job is started
-    if prompt_filter.read_plan(run) is None:
-        load_prompts(cfg.filter.source, key="filter.source")
-    redpo_trainer.deepspeed_config(cfg.train.deepspeed, cfg.train, cfg.train.nprocs, cfg.model.device)
-    ctx = StageContext(run, cfg, stage)
-    ctx.eval_set  # noqa: B018 - reads and checks the prompt file
-    if stage == 1 or (run.stage(stage - 1) / "train" / "final").is_dir():
-        units = loo.units_to_evaluate(ctx)  # loads the model, checks loo.units
-        if cfg.select.k > len(units):
-            raise ConfigError(f"config key 'select.k' is {cfg.select.k} but only {len(units)} units are evaluated "
-                              f"({len(ctx.model.units())} in the model); expected 1 to {len(units)}")
-    run.freeze(cfg)
-    return ctx
+    """Check everything a stage needs before anything is written (vip.orchestrate.preflight, the one
+    preflight every entry point goes through), then freeze the config."""
+    return preflight_checks(cfg, run, stage, "stage")
 
 
 def run_loo(ctx: StageContext) -> None:
@@ -100,16 +86,52 @@ def train_command(run: RunDir, cfg: Config, stage: int) -> list[str]:
 
 
 def run_training(ctx: StageContext) -> None:
-    """Training runs in its own process(es): DeepSpeed owns the process group and the signals there."""
+    """Training runs in its own process(es): DeepSpeed owns the process group and the signals there.
+    A line the trainer refuses its input with (exit 2) is written to a file (VIP_ERROR_FILE) instead of
+    its stderr and raised here, so it is the stage's one last line; under torchrun, what torchrun prints
+    after a rank reported it (its ChildFailedError traceback) is left out."""
     env = dict(os.environ)
     if ctx.cfg.runtime.threads:
         env["OMP_NUM_THREADS"] = str(ctx.cfg.runtime.threads)
-    code = subprocess.run(train_command(ctx.run, ctx.cfg, ctx.stage), env=env).returncode
-    if code == redpo_trainer.EXIT_REQUEUE:
+    with tempfile.TemporaryDirectory(prefix="vip-train-") as tmp:
+        error_file = Path(tmp) / "error"
+        env[ERROR_FILE] = str(error_file)
+        command = train_command(ctx.run, ctx.cfg, ctx.stage)
+        code = _run_until_reported(command, env, error_file) if ctx.cfg.train.nprocs > 1 \
+            else subprocess.run(command, env=env).returncode
+        reported = read_reported(error_file)
+    if code in (redpo_trainer.EXIT_REQUEUE, redpo_trainer.EXIT_STOPPED):
         raise IncompleteError(f"stage {ctx.stage} training stopped on a signal after saving a checkpoint; "
                               "run the same command again to resume")
+    if code != 0 and reported:
+        raise IncompleteError(f"stage {ctx.stage} training: {reported}")
     if code != 0:
         raise IncompleteError(f"stage {ctx.stage} training failed (exit {code}); see the output above")
+
+
+def _run_until_reported(command: list[str], env: dict, error_file: Path) -> int:
+    """Run `command` (torchrun), passing its stderr through until a rank has reported its one line."""
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+
+    def pump() -> None:
+        for chunk in iter(lambda: proc.stderr.read1(1 << 16), b""):
+            if not error_file.exists():
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.buffer.flush()
+
+    sys.stderr.flush()
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        code = proc.wait()
+    except BaseException:  # as subprocess.run: a KeyboardInterrupt stops the launcher too
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        thread.join(timeout=10)
+        proc.stderr.close()
+    return code
 
 
 def run_selection(ctx: StageContext) -> dict:

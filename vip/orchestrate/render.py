@@ -217,23 +217,30 @@ def submit_script(order: list[tuple[str, list[tuple[str, str, tuple[int, int] | 
     return "\n".join(lines) + "\n"
 
 
-def render(cfg: Config, run: RunDir, stage: int, steps: list[str] | None = None,
-           tasks: dict[str, int | None] | None = None, *, python: str | None = None, repo: Path | None = None,
-           max_array: int | None = None, freeze: bool = True) -> list[Path]:
-    """Write the rendered scripts of `steps` (default: every step; run-wide ones only in stage 1) and
-    submit.sh to <run>/sbatch/stage<N>/; returns the paths written."""
+def check_inputs(run: RunDir, stage: int, steps: list[str] | None = None) -> list[str]:
+    """The stage, the steps (default: every step; run-wide ones only in stage 1) and the run directory's
+    name, checked before anything is written; returns the steps."""
     if stage < 1:
         raise ConfigError(f"--stage must be 1 or more, got {stage}")
     steps = steps or [s for s, spec in STEPS.items() if stage == 1 or not spec.per_run]
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise ConfigError(f"unknown step(s) {', '.join(unknown)}; expected some of: {', '.join(STEPS)}")
-    tasks = tasks or {}
-    python = python or sys.executable
-    repo = Path(repo or REPO)
     if has_control_chars(str(run.path)):
         raise ConfigError(f"the run directory {str(run.path)!r} contains a newline or control character, which an "
                           "#SBATCH line (the log path) cannot hold; use another run directory")
+    return steps
+
+
+def render(cfg: Config, run: RunDir, stage: int, steps: list[str] | None = None,
+           tasks: dict[str, int | None] | None = None, *, python: str | None = None, repo: Path | None = None,
+           max_array: int | None = None, freeze: bool = True) -> list[Path]:
+    """Write the rendered scripts of `steps` (default: every step; run-wide ones only in stage 1) and
+    submit.sh to <run>/sbatch/stage<N>/; returns the paths written."""
+    steps = check_inputs(run, stage, steps)
+    tasks = tasks or {}
+    python = python or sys.executable
+    repo = Path(repo or REPO)
     max_array = max_array or cluster_max_array_size()
     order = [(s, render_step(cfg, run, stage, s, tasks.get(s), python=python, repo=repo, max_array=max_array))
              for s in STEPS if s in steps]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,19 @@ class EvalSet:
     prompt_ids: list[int]  # index of each prompt in its source set
 
 
+ALLOWED_CONTROLS = "\t\n\r"  # whitespace: a prompt may hold a line break (a quoted CSV field, a JSONL string)
+
+
+def check_controls(prompt: str, key: str, path: Path, where: str) -> None:
+    """A prompt holding an ASCII or C1 control character other than a tab or a line break (NUL, ESC,
+    BEL, DEL, form feed, ...) is refused, naming the file and the line: such a character is never part of
+    what a person meant, and it would reach the tokenizer, the LLM and the run's files as it is."""
+    bad = next((c for c in prompt if (ord(c) < 32 or 127 <= ord(c) < 160) and c not in ALLOWED_CONTROLS), None)
+    if bad is not None:
+        raise ConfigError(f"{key}: prompt file {str(path)!r} {where} holds the control character U+{ord(bad):04X}; "
+                          "remove it (a prompt may hold tabs and line breaks, no other control characters)")
+
+
 def read_prompt_file(path: Path, key: str = "prompts.eval") -> list[str]:
     if not path.is_file():
         raise ConfigError(f"{key}: prompt file {str(path)!r} does not exist")
@@ -51,6 +65,8 @@ def read_prompt_file(path: Path, key: str = "prompts.eval") -> list[str]:
             if rows and "prompt" not in rows[0]:
                 raise ConfigError(f"{key}: {str(path)!r} has no 'prompt' column (columns: {list(rows[0])})")
             prompts = [r["prompt"] or "" for r in rows]
+            for n, p in enumerate(prompts, 2):  # line 1 is the header
+                check_controls(p, key, path, f"row {n}")
         elif suffix == ".jsonl":
             prompts = []
             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -58,9 +74,13 @@ def read_prompt_file(path: Path, key: str = "prompts.eval") -> list[str]:
                     row = json.loads(line)
                     if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
                         raise ConfigError(f"{key}: {str(path)!r} line {n} has no 'prompt' field holding text")
+                    check_controls(row["prompt"], key, path, f"line {n}")
                     prompts.append(row["prompt"])
         elif suffix in (".txt", ""):
-            prompts = path.read_text(encoding="utf-8").splitlines()
+            # only a line break ends a line: str.splitlines also splits at form feeds and other controls
+            prompts = re.split(r"\r\n|\r|\n", path.read_text(encoding="utf-8"))
+            for n, p in enumerate(prompts, 1):
+                check_controls(p, key, path, f"line {n}")
         else:
             raise ConfigError(f"{key}: prompt file {str(path)!r} has an unknown extension {suffix!r}; "
                               "expected .txt (one prompt per line), .csv or .jsonl (a 'prompt' column)")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
+from vip.config import ConfigError
 from vip.rewards.base import ASPECTS, RewardModel
 from vip.toyvid import world
 
@@ -199,7 +200,10 @@ class ToyvidScore(RewardModel):
         B, F = videos.shape[:2]
         if len(prompts) != B:
             raise ValueError(f"got {len(prompts)} prompts for {B} clips")
-        parsed = [world.parse(p) for p in prompts]  # ValueError naming an unknown prompt
+        try:
+            parsed = [world.parse(p) for p in prompts]
+        except ValueError as e:  # one line naming the prompt (a ConfigError is a ValueError too)
+            raise ConfigError(f"the reward toyvid_score scores toyvid-grammar prompts only: {e}") from None
         if B == 0:
             return {a: videos.new_zeros(0, dtype=torch.float32) for a in ASPECTS}
         q = self.qualities(frame_features(videos), parsed, F)

@@ -11,8 +11,13 @@ A checkpoint written by W ranks resumes on W' != W ranks through a DeepSpeed uni
 over, the new ranks split the batch into micro-batches and accumulation, and since the sample
 order and each sample's noise do not depend on the split, only float summation order differs.
 
-A SIGUSR1 / SIGUSR2 / SIGTERM only sets a flag. At the next step boundary the ranks agree
-(an all-reduce), all save, and the process exits with EXIT_REQUEUE for Slurm to requeue.
+A signal only sets a flag. At the next step boundary the ranks agree (an all-reduce), all save a
+checkpoint, and the process exits with a code that says what the signal asked for (docs/decisions.md):
+  - SIGUSR1 / SIGUSR2 (what `--signal=USR1@<delay>` makes Slurm send before the time limit or on
+    preemption): EXIT_REQUEUE (75), and the job requeues itself;
+  - SIGTERM (a user's plain `scancel`, or the kill at the end of a job): EXIT_STOPPED (143), which
+    nothing requeues; running the driver again resumes from the checkpoint.
+When both arrive, the stop wins.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ from vip.train.metrics import MetricsLog
 from vip.train.universal import Split, ensure_universal, prune_universal, saved_world_size, split_global_batch
 
 EXIT_REQUEUE = 75  # sysexits EX_TEMPFAIL: stopped on purpose, checkpoint saved, run again to resume
+EXIT_STOPPED = 143  # 128 + SIGTERM: stopped (scancel), checkpoint saved; never requeued, the driver resumes it
 CHECKPOINT_META = "vip_checkpoint.json"
 
 
@@ -62,45 +68,79 @@ def is_done(run: RunDir, stage: int, cfg: Config) -> bool:
 
 
 class StopFlag:
-    """Set by a signal; read at step boundaries only (a handler must not do the work itself)."""
+    """Set by a signal; read at step boundaries only (a handler must not do the work itself).
+    USR1 / USR2 ask for a requeue (preemption, time limit), TERM for a stop (scancel): the stop wins."""
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+    REQUEUE = (signal.SIGUSR1, signal.SIGUSR2)
+    STOP = (signal.SIGTERM,)
+    SIGNALS = REQUEUE + STOP
+    NONE, ASK_REQUEUE, ASK_STOP = 0, 1, 2
 
     def __init__(self):
         self.signum = 0
+        self.ask = self.NONE
         for s in self.SIGNALS:
             signal.signal(s, self._set)
 
     def _set(self, signum, frame):
         self.signum = signum
+        self.ask = max(self.ask, self.ASK_STOP if signum in self.STOP else self.ASK_REQUEUE)
 
-    def agreed(self, device) -> bool:
-        """True on every rank if any rank was signalled."""
-        flag = torch.tensor([float(self.signum != 0)], device=device)
+    def agreed(self, device) -> int:
+        """What every rank does at this step boundary: the strongest ask of any rank (NONE, ASK_REQUEUE
+        or ASK_STOP), the same on all of them."""
+        flag = torch.tensor([float(self.ask)], device=device)
         if tdist.is_initialized():
             tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
-        return bool(flag.item())
+        return int(flag.item())
+
+
+PROJECT = Path(__file__).resolve().parents[2]  # the checkout holding jobs/ and configs/
+
+
+def deepspeed_path(path: str) -> Path:
+    """train.deepspeed as a file: a relative path is read from the project root (the default
+    configs/deepspeed/zero2.json is the project's), whatever the current directory (docs/decisions.md)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT / p
+
+
+def read_deepspeed(path: str) -> dict:
+    """The DeepSpeed JSON of train.deepspeed as written, or a one-line error naming the key and file."""
+    p = deepspeed_path(path)
+    where = "" if Path(path).expanduser().is_absolute() else \
+        f" (a relative path is read from the project root {PROJECT})"
+    if not p.is_file():
+        raise ConfigError(f"config key 'train.deepspeed': file {path!r} does not exist{where}; see configs/deepspeed/")
+    try:
+        ds = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config key 'train.deepspeed': {str(p)!r} is not valid JSON: {e}") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"config key 'train.deepspeed': {str(p)!r} must hold a JSON object")
+    return ds
 
 
 def deepspeed_config(path: str, tc: TrainConfig, world_size: int, device: str, batch_size: int | None = None,
                      grad_accum: int | None = None, load_universal: bool = False) -> dict:
     """The DeepSpeed JSON with the batch, clipping and precision filled from train.*; a value
     in the file that contradicts them (or the world size) is a one-line error. `batch_size` and
-    `grad_accum` override train.* (few pairs; a resume on another world size)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config key 'train.deepspeed': file {path!r} does not exist (see configs/deepspeed/)")
-    try:
-        ds = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config key 'train.deepspeed': {path!r} is not valid JSON: {e}") from None
+    `grad_accum` override train.* (few pairs; a resume on another world size): a value in the file
+    that agrees with train.* is then replaced by the launch's, so a file the preflight accepted (it
+    checks against train.*) is never refused at launch."""
+    ds = read_deepspeed(path)
     micro, accum = batch_size or tc.batch_size, grad_accum or tc.grad_accum
+    nominal = {"train_micro_batch_size_per_gpu": tc.batch_size, "gradient_accumulation_steps": tc.grad_accum,
+               "train_batch_size": tc.batch_size * tc.grad_accum * world_size, "gradient_clipping": tc.grad_clip}
     want = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum,
             "train_batch_size": micro * accum * world_size, "gradient_clipping": tc.grad_clip}
     for key, value in want.items():
-        if key in ds and ds[key] != "auto" and ds[key] != value:
+        if key in ds and ds[key] != "auto" and ds[key] not in (value, nominal[key]):
+            launch = "" if value == nominal[key] else \
+                f" (this launch, with few pairs or another world size, uses {value})"
             raise ConfigError(f"{path}: {key} is {ds[key]} but train.batch_size={tc.batch_size}, train.grad_accum="
-                              f"{tc.grad_accum} and {world_size} ranks give {value}; set it to \"auto\" or remove it")
+                              f"{tc.grad_accum} and {world_size} ranks give {nominal[key]}{launch}; set it to \"auto\" "
+                              "or remove it")
         ds[key] = value
     # bf16 on GPU (fp32 master weights in the optimizer), fp32 on CPU. bf16 has fp32's range, so the
     # per-tensor overflow check (thousands of kernel launches per step, -16% step time measured) is off.
@@ -175,7 +215,8 @@ def latest_checkpoint(ckpt: Path, meta: dict) -> tuple[str, int, dict] | None:
 
 
 def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
-    """Train, checkpoint and save the final student; returns 0, or EXIT_REQUEUE after a signal."""
+    """Train, checkpoint and save the final student; returns 0, or after a signal (and a checkpoint)
+    EXIT_REQUEUE (USR1 / USR2: preemption, time limit) or EXIT_STOPPED (TERM: scancel)."""
     import deepspeed
 
     from vip.store import sha256_file
@@ -210,6 +251,9 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
         raise ConfigError(f"{len(pairs)} pairs give {order.micro_steps_per_epoch} micro-steps per epoch, fewer than "
                           f"train.grad_accum={tc.grad_accum}; lower train.grad_accum or train.batch_size")
     total = tc.epochs * steps_per_epoch
+    # checked before the models load: the batch keys against train.* and this launch's split
+    ds_config = deepspeed_config(tc.deepspeed, tc, world, device, batch_size=batch, grad_accum=split.grad_accum,
+                                 load_universal=load_universal)
 
     student, teacher = ctx.student, ctx.teacher
     dev = torch.device(device if not device.startswith("cuda") else f"cuda:{env.local_rank}")
@@ -244,9 +288,7 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, tc.warmup_steps, total, tc.lr, tc.min_lr))
     load_dir = ensure_universal(ckpt, found[0], rank, saved_world, world) if load_universal else ckpt
     engine, optim, _, sched = deepspeed.initialize(
-        model=policy, optimizer=optim, lr_scheduler=sched,
-        config=deepspeed_config(tc.deepspeed, tc, world, device, batch_size=batch, grad_accum=split.grad_accum,
-                                load_universal=load_universal))
+        model=policy, optimizer=optim, lr_scheduler=sched, config=ds_config)
     meta = {**meta, "world_size": world, "micro_batch": batch, "grad_accum": split.grad_accum,
             "global_batch": global_batch}
 
@@ -304,9 +346,16 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
             log.log(step, record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4g}", acc=f"{record['rewards/accuracies']:.2f}")
-        if stop.agreed(dev):
+        ask = stop.agreed(dev)
+        if ask:
             save_checkpoint(engine, ckpt, step, meta, tc.keep_checkpoints, rank)
-            code = EXIT_REQUEUE
+            code = EXIT_STOPPED if ask == StopFlag.ASK_STOP else EXIT_REQUEUE
+            if rank == 0:
+                print(f"vip: stage {stage} training " + (
+                    f"stopped (SIGTERM) at step {step} of {total}, checkpoint saved; not requeued: run the driver "
+                    "again to resume" if code == EXIT_STOPPED else
+                    f"interrupted (preemption or time limit) at step {step} of {total}, checkpoint saved; exit "
+                    f"{EXIT_REQUEUE} to be requeued"), flush=True)
             break
         if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < total:
             save_checkpoint(engine, ckpt, step, meta, tc.keep_checkpoints, rank)
