@@ -140,7 +140,10 @@ def test_compiled_redpo_step_matches_eager(built):
                                                    "compile": True, "checkpointing": True}], steps=1, device="cpu")
     assert "error" not in rows[0], rows[0].get("error")
     assert rows[0]["compiled"] and rows[0]["pairs_per_s"] > 0 and rows[0]["compile_s"] is not None
-    assert rows[0]["first_loss"] == pytest.approx(eager[0]["first_loss"], abs=1e-4)
+    # beta = 5000 turns float noise into loss: the loss moves by about beta / 4 x the mse difference, so
+    # 2e-3 allows a compiled-vs-eager mse difference of 1.6e-6 (seen: 1.2e-7 on CI's CPU, loss off by
+    # 1.5e-4); a wrong compiled graph moves the mse by orders of magnitude more
+    assert rows[0]["first_loss"] == pytest.approx(eager[0]["first_loss"], abs=2e-3)
     # regions are uncompiled and unwrapped afterwards: the model is left as it was found
     from vip.perf.regions import regions
     assert all(m._compiled_call_impl is None for m in regions(compiled_model.unet))
