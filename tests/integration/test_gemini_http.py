@@ -4,12 +4,7 @@ import json
 import multiprocessing
 import os
 import re
-import subprocess
-import sys
-import threading
 import time
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -17,93 +12,20 @@ import pytest
 
 from vip import config
 from vip.config import ConfigError
-from vip.prompts.instructions import DYNAMIC_MOTION, template_sha256
-from vip.prompts.llm import AnswerCache, GeminiBackend, LLMRequestError
+from vip.prompts.instructions import template_sha256
+from vip.prompts.llm import UNPARSEABLE_REASKS, AnswerCache, GeminiBackend, LLMRequestError
 from vip.prompts.sets import load_prompts
 from vip.steps import filter as step
 from vip.store import RunDir
 from vip.toyvid import world
 
-KEY = "sk-test-SECRET-0123456789"
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class FakeGemini(ThreadingHTTPServer):
-    """generateContent on 127.0.0.1. `behave(prompt, instruction, n)` -> what to do with the n-th
-    (0-based) request for that (prompt, instruction): ("ok", text) | ("status", code) |
-    ("sleep", seconds) | ("raw", bytes)."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.requests: list[dict] = []
-        self.seen: Counter = Counter()
-        self.lock = threading.Lock()
-        self.delay_s = 0.0
-        self.behave = lambda prompt, instruction, n: ("ok", f"Reasoning...\n[RESULT] {score_of(prompt, instruction)}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_port}"
-
-
-def score_of(prompt: str, instruction: str) -> int:
-    """The fake model's opinion: a number in the prompt, else 3 for dynamic motion, 2 for quality."""
-    digits = [c for c in prompt if c.isdigit()]
-    return int(digits[-1]) % 4 if digits else (3 if instruction == "dynamic_motion" else 2)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def _send(self, code: int, body: bytes) -> None:
-        try:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-            pass
-
-    def do_POST(self):
-        server: FakeGemini = self.server  # type: ignore[assignment]
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        text = body["contents"][0]["parts"][0]["text"]
-        prompt = text.split("### Prompt:\n", 1)[1]
-        instruction = "dynamic_motion" if text.startswith(DYNAMIC_MOTION) else "visual_quality"
-        with server.lock:
-            n = server.seen[(prompt, instruction)]
-            server.seen[(prompt, instruction)] += 1
-            server.requests.append({"path": self.path, "key": self.headers.get("x-goog-api-key"),
-                                    "prompt": prompt, "instruction": instruction, "body": body})
-        if server.delay_s:
-            time.sleep(server.delay_s)
-        kind, arg = server.behave(prompt, instruction, n)
-        if kind == "sleep":
-            time.sleep(arg)
-            kind, arg = "ok", "[RESULT] 1"
-        if kind == "ok":
-            self._send(200, json.dumps({"candidates": [{"content": {"role": "model", "parts": [{"text": arg}]},
-                                                        "finishReason": "STOP"}]}).encode())
-        elif kind == "status":
-            status = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 400: "INVALID_ARGUMENT",
-                      403: "PERMISSION_DENIED"}[arg]
-            self._send(arg, json.dumps({"error": {"code": arg, "message": "fake", "status": status}}).encode())
-        else:
-            self._send(200, arg)
+from helpers.gemini_server import KEY, FakeGemini, run_filter_job, score_of, serving
 
 
 @pytest.fixture
 def server():
-    s = FakeGemini()
-    t = threading.Thread(target=s.serve_forever, daemon=True)
-    t.start()
-    yield s
-    s.shutdown()
-    s.server_close()
+    with serving() as s:
+        yield s
 
 
 @pytest.fixture
@@ -203,16 +125,17 @@ def test_malformed_bodies_are_retried(server, tmp_path, key_env):
         backend(server, tmp_path, "filter.max_retries=1").score(["m2"], "dynamic_motion")
 
 
-def test_unparseable_answers_are_none_counted_and_cached(server, tmp_path, key_env):
+def test_unparseable_answers_are_none_counted_and_not_cached(server, tmp_path, key_env):
     answers = {"a": "I think it is quite dynamic.", "b": "[RESULT] 7", "c": "", "d": "[RESULT] 3"}
     server.behave = lambda p, i, n: ("ok", answers[p])
     b = backend(server, tmp_path)
     assert b.score(["a", "b", "c", "d"], "dynamic_motion") == [None, None, None, 3]
-    assert b.stats["unparseable"] == 3
+    assert b.stats["unparseable"] == 3 and b.stats["reasks"] == 3 * UNPARSEABLE_REASKS
     n = len(server.requests)
-    again = backend(server, tmp_path)
+    again = backend(server, tmp_path)  # only "d" is served from the cache; the others are asked again
     assert again.score(["d", "c", "b", "a"], "dynamic_motion") == [3, None, None, None]
-    assert len(server.requests) == n and again.stats["cache_hits"] == 4 and again.stats["requests"] == 0
+    assert again.stats["cache_hits"] == 1 and again.stats["requests"] == 3 * (1 + UNPARSEABLE_REASKS)
+    assert len(server.requests) == 2 * n - 1
 
 
 def test_cache_prevents_a_second_request_and_holds_no_key(server, tmp_path, key_env):
@@ -295,14 +218,8 @@ def test_step_on_gemini_keeps_the_key_out_of_the_run_dir(server, tmp_path, key_e
 
 # --- the job as a subprocess ---------------------------------------------------------------------------
 
-def run_job(tmp_path: Path, *args: str, key: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
-    env.update(OMP_NUM_THREADS="1", VIP_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
-    if key:
-        env["GEMINI_API_KEY"] = key
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / "filter_prompts.py"), "--config",
-                           str(ROOT / "configs" / "toyvid.yaml"), "runtime.progress=false", *args],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def run_job(tmp_path: Path, *args: str, key: str | None = None):
+    return run_filter_job(tmp_path, *args, key=key)
 
 
 def test_job_on_toyvid_prompts(tmp_path):

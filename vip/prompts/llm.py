@@ -4,6 +4,10 @@
 - GeminiBackend: google-genai (the maintained successor of the end-of-life google-generativeai),
   with our own retries (so they are counted and testable), bounded concurrency and an answer cache.
 
+An unparseable answer (no `[RESULT] 0-3`, parse_result) is asked again up to UNPARSEABLE_REASKS
+times within a run and is never served from the answer cache: it is not stored, and one stored by an
+older version is read as a miss, so a later run against a working model asks again.
+
 The API key is read from the environment only and never written anywhere: not to the cache, the
 run directory, logs or error messages.
 """
@@ -26,6 +30,8 @@ from vip.prompts.instructions import INSTRUCTIONS, parse_result, request_text, t
 from vip.toyvid import world
 
 KEY_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+UNPARSEABLE_REASKS = 2  # an unparseable answer is asked again at most this often per run (so 1 + 2 requests)
+ANSWER_CHARS = 200  # an unparseable answer kept for the error message is cut to this many characters
 
 
 class LLMRequestError(RuntimeError):
@@ -40,6 +46,9 @@ class Backend(Protocol):
         """One score per prompt on INSTRUCTIONS[aspect]: 0-3, or None for an unparseable answer.
         `ids` name the prompts in error messages (default: their positions)."""
         ...
+
+    # Optional: `unparseable: dict[(aspect, prompt), str]`, the last unparseable answer per prompt
+    # (redacted, at most ANSWER_CHARS); the filter records one per shard for its error message.
 
 
 def _check_aspect(aspect: str) -> None:
@@ -90,7 +99,8 @@ class AnswerCache:
     and a long busy timeout: writers queue on SQLite's file lock, which (unlike WAL mode, whose
     shared memory needs all processes on one host) also holds between nodes sharing a filesystem.
     Each answer is one short autocommitted INSERT. Only the answer text and the parsed score are
-    stored: never a key or a header.
+    stored: never a key or a header. Only answers that parse are stored, and a stored answer that does
+    not parse (written by an older version, which cached every answer) is read as a miss.
     """
 
     BUSY_TIMEOUT_S = 120.0
@@ -110,9 +120,10 @@ class AnswerCache:
             raise ConfigError(f"filter.cache: cannot open the answer cache {str(self.path)!r}: {e}") from None
         self._lock = threading.Lock()
 
-    def get_many(self, model: str, instruction_sha256: str, prompts: list[str]) -> dict[str, tuple[str, int | None]]:
-        """{prompt: (answer, score)} for the prompts already answered."""
-        out: dict[str, tuple[str, int | None]] = {}
+    def get_many(self, model: str, instruction_sha256: str, prompts: list[str]) -> dict[str, tuple[str, int]]:
+        """{prompt: (answer, score)} for the prompts already answered with a score. The score is read
+        from the answer again (parse_result): an answer without one counts as not answered."""
+        out: dict[str, tuple[str, int]] = {}
         distinct = list(dict.fromkeys(prompts))
         with self._lock:
             for lo in range(0, len(distinct), 500):  # stay under SQLite's bound-parameter limit
@@ -120,10 +131,16 @@ class AnswerCache:
                 rows = self._db.execute(
                     f"SELECT prompt, answer, score FROM answers WHERE model = ? AND instruction_sha256 = ? "
                     f"AND prompt IN ({','.join('?' * len(chunk))})", [model, instruction_sha256, *chunk])
-                out.update({p: (a, s) for p, a, s in rows})
+                for p, a, _ in rows:
+                    s = parse_result(a)
+                    if s is not None:
+                        out[p] = (a, s)
         return out
 
     def put(self, model: str, instruction_sha256: str, prompt: str, answer: str, score: int | None) -> None:
+        """Store one answer; an unparseable one (score None) is not stored, so it is asked again later."""
+        if score is None:
+            return
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)",
                              (model, instruction_sha256, prompt, answer, score, time.time()))
@@ -221,7 +238,10 @@ class GeminiBackend:
         self.cache = cache
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
-        self.stats: Counter[str] = Counter()  # requests, retries, failures, unparseable, cache_hits
+        # requests, retries, failures, cache_hits; reasks (unparseable answers asked again) and
+        # unparseable (prompts still without a score after the re-asks)
+        self.stats: Counter[str] = Counter()
+        self.unparseable: dict[tuple[str, str], str] = {}  # (aspect, prompt) -> its last answer, redacted
         options = types.HttpOptions(
             timeout=max(1, int(round(fcfg.timeout_s * 1000))),  # milliseconds, per request
             retry_options=None,  # None = a single attempt in google-genai 3.x; we retry ourselves
@@ -292,14 +312,21 @@ class GeminiBackend:
 
     def _ask_all(self, todo: dict[str, int], aspect: str, instruction: str, key: str) -> dict[str, int | None]:
         """Ask for every prompt with at most `concurrency` in flight, caching each answer as it arrives
-        (from this thread only). After a failure nothing new is sent, but answers already in flight are
+        (from this thread only). An unparseable answer is asked again, at most UNPARSEABLE_REASKS times,
+        and is not cached. After a failure nothing new is sent, but answers already in flight are
         still cached, so a re-run pays only for what is missing."""
         out: dict[str, int | None] = {}
         failure: BaseException | None = None
+        asked: Counter[str] = Counter()
+        futures: dict = {}
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="gemini") as pool:
-            futures = {pool.submit(self.ask, request_text(instruction, p), f"prompt {i} ({aspect})"): p
-                       for p, i in todo.items()}
-            pending = set(futures)
+            def submit(prompt: str):
+                asked[prompt] += 1
+                f = pool.submit(self.ask, request_text(instruction, prompt), f"prompt {todo[prompt]} ({aspect})")
+                futures[f] = prompt
+                return f
+
+            pending = {submit(p) for p in todo}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
@@ -312,11 +339,19 @@ class GeminiBackend:
                                 g.cancel()
                         continue
                     prompt, answer = futures[f], f.result()
-                    out[prompt] = parse_result(answer)
-                    if out[prompt] is None:
+                    score = parse_result(answer)
+                    if score is None:
+                        if failure is None and asked[prompt] <= UNPARSEABLE_REASKS:
+                            self._count("reasks")
+                            pending.add(submit(prompt))
+                            continue
                         self._count("unparseable")
-                    if self.cache is not None:
-                        self.cache.put(self.model, key, prompt, answer, out[prompt])
+                        self.unparseable[(aspect, prompt)] = self._redact(answer)[:ANSWER_CHARS]
+                    else:
+                        self.unparseable.pop((aspect, prompt), None)
+                        if self.cache is not None:
+                            self.cache.put(self.model, key, prompt, answer, score)
+                    out[prompt] = score
         if failure is not None:
             raise failure
         return out

@@ -2,10 +2,12 @@
 
 The source prompts are scored by an LLM backend on both instructions (Listings 1 and 2) in tasks
 of `filter.prompts_per_task` prompts; each task writes one HDF5 shard; `merge` builds the score
-file, the prompt sets, a summary and Figure C only when every shard is present and intact.
+file, the prompt sets, a summary and Figure C only when every shard is present and intact and
+every target set selects a prompt; a merge that fails leaves none of them behind.
 
     filter/tasks.json            the plan: the source prompts themselves and the task ranges
-    filter/shards/, done/        per-task scores (-1 = unparseable answer) and completion markers
+    filter/shards/, done/        per-task scores (-1 = unparseable answer, with one such answer per
+                                 instruction kept for the error message) and completion markers
     filter/sets/<name>.jsonl     {"id", "prompt"} per line, one file per set (JSONL, not .txt:
                                  a prompt may contain a line break)
     filter/summary.json          set sizes, score histograms, unparseable counts
@@ -31,10 +33,18 @@ from vip.store import IncompleteError, RunDir, ShardSet, atomic_path, atomic_wri
 
 SETS: tuple[str, ...] = filters.TARGETS + ("static", "dynamic")
 JOB = "python jobs/filter_prompts.py"
+UNPARSEABLE_ATTR = "unparseable_answers"  # shard attribute: JSON {instruction: one unparseable answer}
+SHOWN_CHARS = 80  # of that answer, in the error line
 
 
 class EmptySetError(ConfigError):
     """A target set selects no prompt: the message names the rule and shows the score histogram."""
+
+
+class UnparseableAnswersError(EmptySetError):
+    """A target set is empty and the answers its rule reads include unparseable ones: the message
+    blames the LLM backend (how many answers, one of them), not the source prompts. The merge has
+    discarded the shards holding unparseable answers, so a re-run asks those again."""
 
 
 def step_dir(run: RunDir) -> Path:
@@ -121,6 +131,7 @@ def run_task(run: RunDir, cfg: Config, index: int, backend: Backend | None = Non
     prompts, ids = planned["prompts"][lo:hi], list(range(lo, hi))
     backend = backend or make_backend(cfg.filter)
     arrays: dict[str, np.ndarray] = {"prompt_ids": np.arange(lo, hi)}
+    examples: dict[str, str] = {}  # one unparseable answer per instruction, for merge's error message
     for name in INSTRUCTIONS:
         scores = backend.score(prompts, name, ids=ids)
         bad = [s for s in scores if s is not None and s not in (0, 1, 2, 3)]
@@ -128,10 +139,17 @@ def run_task(run: RunDir, cfg: Config, index: int, backend: Backend | None = Non
             raise RuntimeError(f"backend {backend.model} returned {len(scores)} scores for {len(prompts)} prompts "
                                f"or scores outside 0-3 ({bad[:3]})")
         arrays[name] = np.array([filters.UNPARSEABLE if s is None else s for s in scores], dtype=np.int8)
+        answers = getattr(backend, "unparseable", {})
+        for p, s in zip(prompts, scores):
+            if s is None and (name, p) in answers:
+                examples[name] = answers[(name, p)]
+                if examples[name].strip():
+                    break
         if progress:
             progress(len(prompts))
     shards(run).write(index, arrays, {"config_sha256": cfg.hash(), "task": index, "model": backend.model,
                                       "instructions": json.dumps(planned["instructions"]),
+                                      UNPARSEABLE_ATTR: json.dumps(examples, ensure_ascii=False),
                                       prov.ATTR: prov.encode(provenance(planned, index))})
 
 
@@ -181,35 +199,111 @@ def plot_histogram(hists: dict[str, dict[str, int]], path: Path, title: str) -> 
     plt.close(fig)
 
 
-def _empty_message(run: RunDir, name: str, scores: dict[str, np.ndarray], wording_ok: int) -> str:
-    """One line: which rule emptied the set, and the histogram of the scores it looked at."""
+def _read_by(name: str) -> list[str]:
+    """The instructions whose scores a target set's rule reads."""
     if name in ("dynamic_degree", "temporal_consistency"):
-        shown = ["dynamic_motion"]
-    elif name == "visual_quality":
-        shown = ["visual_quality"]
-    else:
-        shown = list(INSTRUCTIONS)
-    hist = "; ".join(_histogram_text(s, scores[s]) for s in shown)
+        return ["dynamic_motion"]
+    if name == "visual_quality":
+        return ["visual_quality"]
+    return list(INSTRUCTIONS)
+
+
+def _empty_message(name: str, scores: dict[str, np.ndarray], wording_ok: int) -> str:
+    """One line: which rule emptied the set, and the histogram of the scores it looked at (every
+    answer parsed: too few prompts scored high enough)."""
+    hist = "; ".join(_histogram_text(s, scores[s]) for s in _read_by(name))
     wording = f"; {wording_ok} prompts pass the wording rule" if name == "text_alignment" else ""
-    return (f"the {name} prompt set is empty: {filters.why_empty(name)}; {hist}{wording}; "
-            f"use a larger or more varied filter.source (Figure C: {histogram_path(run)})")
+    return f"the {name} prompt set is empty: {filters.why_empty(name)}; {hist}{wording}; " \
+           "use a larger or more varied filter.source"
+
+
+def _shown_answer(answer: str | None) -> str:
+    if answer is None:
+        return "(the answer text was not recorded)"
+    if not answer.strip():
+        return "an empty answer"
+    cut = answer if len(answer) <= SHOWN_CHARS else answer[:SHOWN_CHARS] + "..."
+    return "e.g. " + repr(cut)  # repr: one line, whatever the answer holds
+
+
+def _unparseable_message(name: str, scores: dict[str, np.ndarray], example: str | None, planned: dict,
+                         redone: int) -> str:
+    """One line: how many of the answers the rule reads were unparseable, one of them, and the fix."""
+    read = _read_by(name)
+    bad = sum(int((scores[s] == filters.UNPARSEABLE).sum()) for s in read)
+    total = sum(len(scores[s]) for s in read)
+    backend = f"filter.backend={planned['backend']}" + (
+        f", filter.model={planned['model']}" if planned["backend"] == "gemini" else "")
+    all_bad = sum(int((s == filters.UNPARSEABLE).sum()) for s in scores.values())
+    overall = f"; {all_bad} of {sum(len(s) for s in scores.values())} answers in all" if all_bad > bad else ""
+    hist = "; ".join(_histogram_text(s, scores[s]) for s in read)
+    tasks = "the task holding them is" if redone == 1 else f"the {redone} tasks holding them are"
+    return (f"the {name} prompt set is empty: {bad} of {total} {' and '.join(read)} answers from {planned['model']} "
+            f"were unparseable (no '[RESULT] 0-3'{overall}), {_shown_answer(example)}; {hist}; check the LLM "
+            f"backend and its model ({backend}), then re-run: {tasks} redone and the unparseable answers asked "
+            "again (they are never cached)")
+
+
+def remove_outputs(run: RunDir) -> None:
+    """Delete the merged outputs (the score file first: it marks the step done); shards stay."""
+    for path in [scores_path(run), summary_path(run), histogram_path(run), *(set_path(run, n) for n in SETS)]:
+        path.unlink(missing_ok=True)
+    sets = set_path(run, "x").parent
+    if sets.is_dir() and not any(sets.iterdir()):
+        sets.rmdir()
 
 
 def merge(run: RunDir, cfg: Config) -> Path:
-    """Build every output from complete shards; refuses if any task is missing or a target set is empty."""
+    """Build every output from complete shards; refuses if any task is missing or a target set is empty.
+    The outputs are written only once every check has passed; a merge that fails for any reason
+    removes them (an earlier failed merge may have left some behind), never the shards of the plan's
+    tasks, except that a target set emptied with unparseable answers among those it reads discards
+    the shards holding unparseable answers, so that a re-run asks them again."""
     planned = plan(run, cfg)
     _check_plan(planned, cfg)
+    try:
+        return _merge(run, planned)
+    except BaseException:
+        try:
+            remove_outputs(run)
+        except OSError:  # e.g. a read-only run directory: the original error is the one to report
+            pass
+        raise
+
+
+def _merge(run: RunDir, planned: dict) -> Path:
     prompts = planned["prompts"]
     n = len(prompts)
     scores = {name: np.full(n, -2, dtype=np.int8) for name in INSTRUCTIONS}  # -2: not yet filled
+    tainted: list[int] = []  # tasks whose shard holds an unparseable answer
+    examples: dict[str, list[str]] = {name: [] for name in INSTRUCTIONS}  # unparseable answers, one per shard
     for i, (arrays, attrs) in enumerate(shards(run).read_all(list(range(len(planned["tasks"]))))):
         prov.check(shards(run).shard(i), attrs, provenance(planned, i))
+        recorded = json.loads(attrs.get(UNPARSEABLE_ATTR, "{}"))
         for name in INSTRUCTIONS:
             scores[name][arrays["prompt_ids"]] = arrays[name]
+            if (arrays[name] == filters.UNPARSEABLE).any():
+                if name in recorded:
+                    examples[name].append(recorded[name])
+                if not tainted or tainted[-1] != i:
+                    tainted.append(i)
     if any((s == -2).any() for s in scores.values()):
         raise IncompleteError(f"merged prompt scores have gaps in {step_dir(run)}; re-run {JOB}")
 
     masks = filters.select(prompts, scores["dynamic_motion"], scores["visual_quality"])
+    wording_ok = int(sum(filters.text_alignment_ok(p) for p in prompts))
+    empty = [name for name in filters.TARGETS if not masks[name].any()]
+    if empty:
+        name = empty[0]
+        read = [s for s in _read_by(name) if (scores[s] == filters.UNPARSEABLE).any()]
+        if not read:
+            raise EmptySetError(_empty_message(name, scores, wording_ok))
+        for i in tainted:  # not done any more: a re-run (against a working backend) asks them again
+            shards(run).discard(i)
+        found = [a for s in read for a in examples[s]]
+        example = next((a for a in found if a.strip()), found[0] if found else None)
+        raise UnparseableAnswersError(_unparseable_message(name, scores, example, planned, len(tainted)))
+
     for name in SETS:
         _write_set(run, name, prompts, masks[name])
     hists = {name: filters.histogram(s) for name, s in scores.items()}
@@ -218,15 +312,10 @@ def merge(run: RunDir, cfg: Config) -> Path:
         "sets": {name: int(masks[name].sum()) for name in SETS},
         "histograms": hists,
         "unparseable": {name: h["unparseable"] for name, h in hists.items()},
-        "text_alignment_wording_ok": int(sum(filters.text_alignment_ok(p) for p in prompts)),
+        "text_alignment_wording_ok": wording_ok,
     }
     atomic_write_json(summary_path(run), summary)
     plot_histogram(hists, histogram_path(run), f"Prompt scores of {n} prompts ({planned['model']})")
-
-    empty = [name for name in filters.TARGETS if not masks[name].any()]
-    if empty:
-        raise EmptySetError(_empty_message(run, empty[0], scores, summary["text_alignment_wording_ok"]))
-
     write_h5(scores_path(run), {"prompts": np.array(prompts, dtype=object).astype(str), **scores},
              {"config_sha256": planned["config_sha256"], "source": planned["source"], "model": planned["model"],
               "backend": planned["backend"], "instructions": json.dumps(planned["instructions"]),
