@@ -19,6 +19,15 @@ def untrained_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def scoring_dir():
+    """The shipped teacher: a trained model whose leave-one-out variants score differently, for the
+    equivalence tests (an untrained model scores every clip 1.0, which no comparison can tell apart)."""
+    from vip.models.registry import SHIPPED_TEACHER
+
+    return SHIPPED_TEACHER
+
+
 # --- Slurm: tests marked `slurm` need a running cluster (.ci/run starts one: scripts/slurm/start_cluster.sh)
 import functools  # noqa: E402
 import shutil  # noqa: E402
@@ -51,6 +60,16 @@ def pytest_runtest_setup(item):
     if os.environ.get("VIP_REQUIRE_SLURM") == "1":
         pytest.fail(f"VIP_REQUIRE_SLURM=1 but no Slurm cluster: {problem}", pytrace=False)
     pytest.skip(f"no Slurm cluster: {problem}")
+
+
+# --- Parallel runs (pytest -n 2, pytest-xdist with --dist loadgroup): the tests marked `slurm` share one
+# cluster whose 3 nodes they each expect to have to themselves, so they all go to one worker, one after
+# another; everything else is shared out. tryfirst: xdist reads the group in its own hook of this name.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slurm") is not None:
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 # --- No silent skip: under VIP_NO_SKIP=1 (.ci/run sets it) a test or test module that skips fails

@@ -1,25 +1,26 @@
 """AnimateDiff v1-5-2 sampling against diffusers' AnimateDiffPipeline (scripts/goldens/animatediff.py ran it on
 these tiny weights, in its own environment), for both model.sampler_preset values: the same weights loaded
 through our registry as a user would, the same prompts, negative prompt, seeds, steps and guidance."""
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from vip.config import SAMPLER_PRESETS, ModelConfig
+from vip.config import SAMPLER_PRESETS
 from vip.models.animatediff import SAMPLER_PRESETS as BUILT_PRESETS, ddim_scheduler
 from vip.models.registry import load_video_model
 
+from helpers.goldens import outputs, sampling_config, settings
+
 GOLDEN = Path(__file__).parent / "animatediff"
-SETTINGS = json.loads((GOLDEN / "settings.json").read_text())
+SETTINGS = settings(GOLDEN)
 ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def ref():
-    return load_file(GOLDEN / "outputs.safetensors")
+    return outputs(GOLDEN)
 
 
 _MODELS: dict = {}
@@ -30,9 +31,8 @@ def load(preset: str):
     if preset in _MODELS:
         return _MODELS[preset]
     s = SETTINGS
-    cfg = ModelConfig(backbone="animatediff", path=str(GOLDEN / "sd15"), adapter=str(GOLDEN / "motion_adapter"),
-                      steps=s["steps"], guidance=s["guidance"], frames=s["frames"], height=s["height"],
-                      width=s["width"], sampler_preset=preset)
+    cfg = sampling_config(s, backbone="animatediff", path=str(GOLDEN / "sd15"), adapter=str(GOLDEN / "motion_adapter"),
+                          sampler_preset=preset)
     model = load_video_model(cfg, cfg.path)
     model.meta["negative_prompt"] = s["negative_prompt"]  # a user's negative prompt (vip_model.json)
     _MODELS[preset] = model

@@ -2,32 +2,30 @@
 ran it on these tiny weights, in its own environment): the bare MotionAdapter file and the SD1.5 directory
 loaded through our registry as a user would, the same prompts, seeds and the file's 2 steps, no guidance."""
 import copy
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from vip.config import ModelConfig
 from vip.models.registry import load_video_model
 
+from helpers.goldens import outputs, sampling_config, settings
+
 GOLDEN = Path(__file__).parent / "animatediff_lightning"
-SETTINGS = json.loads((GOLDEN / "settings.json").read_text())
+SETTINGS = settings(GOLDEN)
 ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def ref():
-    return load_file(GOLDEN / "outputs.safetensors")
+    return outputs(GOLDEN)
 
 
 @pytest.fixture(scope="module")
 def model():
     s = SETTINGS
-    cfg = ModelConfig(backbone="animatediff_lightning", path=str(GOLDEN / "sd15"), adapter=str(GOLDEN / s["adapter"]),
-                      steps=s["steps"], guidance=s["guidance"], frames=s["frames"], height=s["height"],
-                      width=s["width"])
+    cfg = sampling_config(s, backbone="animatediff_lightning", path=str(GOLDEN / "sd15"),
+                          adapter=str(GOLDEN / s["adapter"]))
     return load_video_model(cfg, cfg.path)
 
 

@@ -2,33 +2,31 @@
 own environment): the published Diffusers directory loaded through our registry as a user would, the same
 prompts (one with an HTML entity and extra spaces), negative prompt, seeds, steps and guidance."""
 import copy
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from vip.config import ModelConfig
 from vip.models.registry import load_video_model
 from vip.models.wan import clean_prompt
 
+from helpers.goldens import outputs, sampling_config, settings
+
 GOLDEN = Path(__file__).parent / "wan"
-SETTINGS = json.loads((GOLDEN / "settings.json").read_text())
+SETTINGS = settings(GOLDEN)
 ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def ref():
-    return load_file(GOLDEN / "outputs.safetensors")
+    return outputs(GOLDEN)
 
 
 @pytest.fixture(scope="module")
 def model():
     s = SETTINGS
     path = GOLDEN / s["model"]
-    cfg = ModelConfig(backbone="wan2.1", path=str(path), steps=s["steps"], guidance=s["guidance"],
-                      frames=s["frames"], height=s["height"], width=s["width"])
+    cfg = sampling_config(s, backbone="wan2.1", path=str(path))
     m = load_video_model(cfg, path)
     assert m.meta["max_sequence_length"] == s["max_sequence_length"]  # our default is the pipeline's 512
     m.meta["negative_prompt"] = s["negative_prompt"]  # a user's negative prompt (vip_model.json)

@@ -1,11 +1,13 @@
 """Tiny random reward checkpoints in the published layouts, loaded through load_reward as a user's
 download would be: VideoScore (an Idefics2 directory, sharded safetensors: the committed golden
 checkpoint) and VideoReward (the KwaiVGI directory: model_config.json, checkpoint-<step>/model.pth
-with the PEFT LoRA names, and the Qwen2-VL base model's files; written here with the minimal logic
-of tests/unit/test_videoreward.py's write_checkpoint, so that no test imports another test module)."""
+with the PEFT LoRA names, and the Qwen2-VL base model's files: the one writer, also of
+tests/unit/rewards/test_videoreward.py). copy_checkpoint: a copy of a checkpoint directory to edit
+(less one of its files, for the tests that a missing file is named)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -94,6 +96,13 @@ def _published_state_dict(net, g: torch.Generator) -> dict:
 
 def write_videoreward(path: Path, seed: int = 0, output_dim: int = 1) -> Path:
     """A KwaiVGI/VideoReward directory (tiny, random) with the base model's files in a subdirectory."""
+    videoreward_net(path, seed, output_dim)
+    return Path(path)
+
+
+def videoreward_net(path: Path, seed: int = 0, output_dim: int = 1):
+    """write_videoreward's directory, returning the VideoRewardNet whose weights model.pth holds
+    (W0 + alpha/r B A by construction)."""
     from vip.rewards.videoreward import SPECIAL_TOKENS, VideoRewardNet
 
     path = Path(path)
@@ -120,4 +129,13 @@ def write_videoreward(path: Path, seed: int = 0, output_dim: int = 1) -> Path:
         "peft_lora_config": {"lora_enable": True, "lora_r": LORA_R, "lora_alpha": LORA_ALPHA, "use_rslora": False,
                              "lora_namespan_exclude": ["lm_head", "rm_head", "embed_tokens", "visual"]},
         "inference_config": VIDEOREWARD_NORM}))
-    return path
+    return net
+
+
+def copy_checkpoint(src: Path, dst: Path, remove: str | None = None) -> Path:
+    """dst: a copy of the checkpoint directory src, less its file or folder `remove` (relative) if given."""
+    shutil.copytree(src, dst)
+    if remove is not None:
+        target = Path(dst) / remove
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return Path(dst)

@@ -10,7 +10,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 
 from vip import config
 from vip.models.registry import load_video_model
@@ -18,8 +17,8 @@ from vip.orchestrate import driver
 from vip.steps.context import StageContext
 from vip.steps.pairs import pairs_path, student_sha256
 from vip.store import RunDir, read_h5, write_h5
-from vip.toyvid.text import build_text_encoder, build_tokenizer
 
+from helpers.tiny_backbones import tiny_adapter, write_sd15
 from train_helpers import ROOT, train_env
 
 UNITS = ["down_blocks.0.motion_modules.0", "mid_block.motion_modules.0", "up_blocks.1.motion_modules.1"]
@@ -27,20 +26,9 @@ UNITS = ["down_blocks.0.motion_modules.0", "mid_block.motion_modules.0", "up_blo
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("ad")
-    UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, in_channels=4, out_channels=4, sample_size=16,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=16).save_pretrained(root / "sd15" / "unet")
-    AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=16,
-                  layers_per_block=1, sample_size=32).save_pretrained(root / "sd15" / "vae")
-    build_text_encoder(hidden=16).save_pretrained(root / "sd15" / "text_encoder")
-    build_tokenizer().save_pretrained(root / "sd15" / "tokenizer")
-    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
-                  motion_norm_num_groups=16, motion_max_seq_length=8,
-                  use_motion_mid_block=True).save_pretrained(root / "adapter")
+    write_sd15(root / "sd15", seed=0)
+    tiny_adapter(mid=True, heads=2, groups=16, seed=None).save_pretrained(root / "adapter")  # drawn after the SD1.5
     return root
 
 

@@ -30,7 +30,7 @@ from vip.steps import loo, pairs, target
 from vip.steps.context import StageContext
 from vip.store import IncompleteError, RunDir, ShardSet, read_h5
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.paths import ROOT  # noqa: E402
 
 LOCAL = ["prompts.eval_count=2", "model.steps=2", "loo.units=mid_block.motion_modules.0", "loo.units_per_task=2",
          "loo.prompts_per_task=1", "loo.batch_size=2", "select.k=1", "filter.prompts_per_task=162",

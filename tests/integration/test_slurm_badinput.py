@@ -17,7 +17,7 @@ from vip.orchestrate import slurm, submit
 from vip.orchestrate.ledger import Ledger
 from vip.store import RunDir
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.paths import ROOT  # noqa: E402
 NAME = f"slurmbad{os.getpid()}"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -3,6 +3,7 @@ and the ledger keeps a second submission from duplicating queued tasks."""
 import numpy as np
 import pytest
 
+from helpers.data import assert_variants_differ
 from slurm_helpers import held_job, make_ctx, sh
 from vip.orchestrate import local, slurm
 from vip.orchestrate.ledger import Ledger
@@ -14,8 +15,8 @@ pytestmark = pytest.mark.slurm
 UNITS = "loo.units=down_blocks.0.motion_modules.0,mid_block.motion_modules.0"
 
 
-def test_loo_on_slurm_merges_to_the_local_result_and_never_duplicates(tmp_path, untrained_dir):
-    overrides = [f"model.path={untrained_dir}", "model.steps=2", "prompts.eval_count=3", UNITS,
+def test_loo_on_slurm_merges_to_the_local_result_and_never_duplicates(tmp_path, scoring_dir):
+    overrides = [f"model.path={scoring_dir}", "model.steps=2", "prompts.eval_count=3", UNITS,
                  "loo.units_per_task=1", "loo.batch_size=3", "select.k=1"]
     ctx = make_ctx(tmp_path / "slurm run", overrides)
     n = len(loo.plan(ctx)["tasks"])
@@ -56,6 +57,7 @@ def test_loo_on_slurm_merges_to_the_local_result_and_never_duplicates(tmp_path, 
                     progress=False)
     expected, _ = read_h5(loo.merge(local_ctx))
     assert merged["variants"].tolist() == expected["variants"].tolist()
+    assert_variants_differ(expected["scores"], what="local leave-one-out scores")  # so the comparison can fail
     np.testing.assert_allclose(merged["scores"], expected["scores"], rtol=0, atol=1e-6)
     assert attrs["config_sha256"] == ctx.cfg.hash()
     # per-task logs under the run directory

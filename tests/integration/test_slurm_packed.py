@@ -13,6 +13,7 @@ import cloudpickle
 import numpy as np
 import pytest
 
+from helpers.data import assert_variants_differ
 from slurm_helpers import make_ctx, restart_count, sh, wait_for
 from vip.orchestrate import local, render, slurm
 from vip.orchestrate.fanout import ARRAY_STEPS, ArrayStep
@@ -29,8 +30,8 @@ SLOW = 4  # the task that dawdles on its first two attempts (to be preempted, th
 LOO = ARRAY_STEPS["loo"]
 
 
-def _overrides(untrained_dir):
-    return [f"model.path={untrained_dir}", "model.steps=2", "prompts.eval_count=3", UNITS, "loo.units_per_task=1",
+def _overrides(model_dir):
+    return [f"model.path={model_dir}", "model.steps=2", "prompts.eval_count=3", UNITS, "loo.units_per_task=1",
             "loo.batch_size=3", "select.k=1", "slurm.packed=true", "slurm.packed_ranks=3", "slurm.max_requeues=2"]
 
 
@@ -56,8 +57,8 @@ def _traces(run: Path) -> dict[int, list[dict]]:
     return out
 
 
-def test_packed_loo_survives_preemption_and_a_kill_and_merges_to_the_local_result(tmp_path, untrained_dir):
-    ctx = make_ctx(tmp_path / "packed", _overrides(untrained_dir))
+def test_packed_loo_survives_preemption_and_a_kill_and_merges_to_the_local_result(tmp_path, scoring_dir):
+    ctx = make_ctx(tmp_path / "packed", _overrides(scoring_dir))
     run = ctx.run.path
     assert len(loo.plan(ctx)["tasks"]) == 5  # full model + 4 units, one variant per task
 
@@ -98,12 +99,13 @@ def test_packed_loo_survives_preemption_and_a_kill_and_merges_to_the_local_resul
     merged, _ = read_h5(loo.merge(ctx))
 
     # the same stage with the local executor, task after task in this process
-    local_ctx = make_ctx(tmp_path / "local", _overrides(untrained_dir) + ["runtime.executor=local"])
+    local_ctx = make_ctx(tmp_path / "local", _overrides(scoring_dir) + ["runtime.executor=local"])
     todo = loo.missing(local_ctx)
     local.run_tasks(todo, lambda i, advance: loo.run_task(local_ctx, i, advance), total_units=5, desc="loo",
                     progress=False)
     expected, _ = read_h5(loo.merge(local_ctx))
     assert merged["variants"].tolist() == expected["variants"].tolist()
+    assert_variants_differ(expected["scores"], what="local leave-one-out scores")  # so the comparison can fail
     assert np.array_equal(merged["scores"], expected["scores"])  # bit for bit
     logs = slurm.log_dir(ctx, "loo")
     assert {p.name for p in logs.glob(f"{job}_*_log.out")} == {f"{job}_{r}_log.out" for r in range(3)}

@@ -13,7 +13,7 @@ from vip.orchestrate import slurm
 
 pytestmark = pytest.mark.slurm
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.paths import ROOT  # noqa: E402
 PROBE = """
 import json, os, sys
 sys.path.insert(0, sys.argv[1])

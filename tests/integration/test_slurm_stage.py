@@ -16,7 +16,7 @@ from vip.orchestrate.ledger import Ledger
 from vip.rewards.base import ASPECTS
 from vip.store import RunDir, read_h5
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.paths import ROOT  # noqa: E402
 pytestmark = pytest.mark.slurm
 NAME = f"slurmstage{os.getpid()}"  # job names are vip-<run.name>-s<N>-<step>: ours only
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

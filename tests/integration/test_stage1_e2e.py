@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from vip.models.registry import SHIPPED_TEACHER
 from vip.steps.select import choose, deltas
 from vip.store import read_h5
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.paths import ROOT  # noqa: E402
 pytestmark = pytest.mark.slow
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from train_helpers import train_env
+from vip import config
+from vip.store import RunDir
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.paths import ROOT  # noqa: E402
 CONFIG = str(ROOT / "configs/toyvid.yaml")
 VIDEOSCORE = ROOT / "tests/goldens/videoscore/ckpt"
 ENTRY_POINTS = {
@@ -248,3 +250,52 @@ def test_few_pairs_train_with_a_deepspeed_file_the_preflight_accepted_from_any_d
     assert "batch 3 per rank instead of train.batch_size=4" in r.stdout
     done = json.loads((run.stage(1) / "train" / "done.json").read_text())
     assert done["micro_batch"] == 3 and done["steps"] == 1
+
+
+# --- moved from the unit tests: jobs/stage.py and jobs/train_teacher.py through their CLI -----------------
+
+@pytest.mark.parametrize("args, words", [
+    (["select.kk=1"], "select.kk"),
+    (["model.backbone=sdxl"], "model.backbone"),
+    (["reward.name=clip"], "reward.name"),
+    (["select.k=99"], "select.k"),
+    (["loo.units=down_blocks.9.motion_modules.0"], "down_blocks.9.motion_modules.0"),
+    (["prompts.eval=/nonexistent/prompts.txt"], "/nonexistent/prompts.txt"),
+    (["model.path=/nonexistent/model"], "/nonexistent/model"),
+    (["model.path=/tmp"], "vip_model.json is missing"),
+])
+def test_stage_bad_config_is_one_line_and_writes_nothing(tmp_path, untrained_dir, args, words):
+    run_dir = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--stage", "1", "--run-dir", str(run_dir),
+                        f"model.path={untrained_dir}", *args], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
+    assert not run_dir.exists()
+
+
+def test_cli_empty_prompt_file_is_one_line(tmp_path, untrained_dir):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n")
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--run-dir", str(tmp_path / "run"),
+                        f"model.path={untrained_dir}", f"prompts.eval={empty}"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "holds no prompts" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_existing_run_with_other_config(tmp_path, untrained_dir):
+    run = RunDir(tmp_path / "run")
+    run.freeze(config.load(ROOT / "configs" / "toyvid.yaml", [f"model.path={untrained_dir}"]))
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--run-dir", str(run.path),
+                        f"model.path={untrained_dir}", "select.k=2"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "another config" in r.stderr and "--run-dir" in r.stderr
+    assert not (run.path / "stage1").exists()
+
+
+@pytest.mark.parametrize("arg, words", [("steps=abc", "teacher.steps"), ("nosuch=1", "teacher.nosuch"),
+                                        ("steps", "key=value")])
+def test_teacher_cli_bad_override_is_one_line(tmp_path, arg, words):
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "train_teacher.py"), "--workdir", str(tmp_path / "w"),
+                        "--out", str(tmp_path / "o"), arg], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()

@@ -16,7 +16,7 @@ from vip.rewards.base import ASPECTS
 from vip.steps import loo
 from vip.store import read_h5, sha256_tree
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.paths import ROOT  # noqa: E402
 pytestmark = pytest.mark.slow
 ARGS = ["model.steps=4", "prompts.eval_count=6", "select.k=2", "loo.batch_size=6",
         "loo.units=down_blocks.0.motion_modules.0,down_blocks.1.motion_modules.1,up_blocks.2.motion_modules.0,"

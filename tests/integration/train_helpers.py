@@ -12,7 +12,7 @@ from vip.steps.context import StageContext
 from vip.steps.pairs import pairs_path, student_sha256
 from vip.store import RunDir, write_h5
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.paths import ROOT  # noqa: E402
 PROMPTS = ["a red circle moving left on a black background", "a blue square staying still on a gray background"]
 
 

@@ -1,7 +1,4 @@
 import dataclasses
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,7 +7,7 @@ from vip import config
 from vip.config import ConfigError
 from vip.store import RunDir
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers.paths import ROOT  # noqa: E402
 
 
 def test_yaml_and_overrides_resolve_with_types(tmp_path):
@@ -25,10 +22,21 @@ def test_yaml_and_overrides_resolve_with_types(tmp_path):
     assert cfg.run.name == "abc"
 
 
-def test_shipped_config_is_the_default():
-    assert config.load(ROOT / "configs" / "toyvid.yaml").hash() == config.load(ROOT / "configs" / "toyvid.yaml").hash()
-    cfg = config.load(ROOT / "configs" / "toyvid.yaml")
-    assert cfg.select.k == 4 and cfg.model.backbone == "toyvid"
+# configs/toyvid.yaml is the library default tuned for the embedded world, in these keys only (a key that
+# drifts in either place fails here): its 36 clips in one batch, the 324 grammar prompts in 3 filter tasks,
+# and a tiny student's training (larger steps, a weaker SFT pull, no unconditional branch: it samples
+# without guidance)
+TOYVID_TUNING = {"loo.batch_size": 36, "filter.prompts_per_task": 108, "curate.max_prompts": 32,
+                 "train.w_sft": 1000.0, "train.prompt_dropout": 0.0, "train.lr": 1e-4, "train.min_lr": 1e-5,
+                 "train.checkpoint_every": 20}
+
+
+def test_shipped_config_is_the_default_plus_the_toyvid_tuning():
+    default, shipped = config.load(None).to_dict(), config.load(ROOT / "configs" / "toyvid.yaml").to_dict()
+    differ = {f"{s}.{k}": shipped[s][k] for s in default for k in default[s] if default[s][k] != shipped[s][k]}
+    assert differ == TOYVID_TUNING
+    assert config.load(None, [f"{k}={v}" for k, v in TOYVID_TUNING.items()]).hash() == \
+        config.load(ROOT / "configs" / "toyvid.yaml").hash()
 
 
 @pytest.mark.parametrize("override, words", [
@@ -83,53 +91,6 @@ def test_unwritable_run_dir_is_one_line(tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match="cannot be written"):
         RunDir(blocker / "run").freeze(config.load(None))
-
-
-@pytest.mark.parametrize("args, words", [
-    (["select.kk=1"], "select.kk"),
-    (["model.backbone=sdxl"], "model.backbone"),
-    (["reward.name=clip"], "reward.name"),
-    (["select.k=99"], "select.k"),
-    (["loo.units=down_blocks.9.motion_modules.0"], "down_blocks.9.motion_modules.0"),
-    (["prompts.eval=/nonexistent/prompts.txt"], "/nonexistent/prompts.txt"),
-    (["model.path=/nonexistent/model"], "/nonexistent/model"),
-    (["model.path=/tmp"], "vip_model.json is missing"),
-])
-def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, untrained_dir, args, words):
-    run_dir = tmp_path / "run"
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--stage", "1", "--run-dir", str(run_dir),
-                        f"model.path={untrained_dir}", *args], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
-    assert not run_dir.exists()
-
-
-def test_cli_empty_prompt_file_is_one_line(tmp_path, untrained_dir):
-    empty = tmp_path / "prompts.txt"
-    empty.write_text("\n")
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--run-dir", str(tmp_path / "run"),
-                        f"model.path={untrained_dir}", f"prompts.eval={empty}"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "holds no prompts" in r.stderr
-    assert not (tmp_path / "run").exists()
-
-
-def test_cli_refuses_existing_run_with_other_config(tmp_path, untrained_dir):
-    run = RunDir(tmp_path / "run")
-    run.freeze(config.load(ROOT / "configs" / "toyvid.yaml", [f"model.path={untrained_dir}"]))
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--run-dir", str(run.path),
-                        f"model.path={untrained_dir}", "select.k=2"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "another config" in r.stderr and "--run-dir" in r.stderr
-    assert not (run.path / "stage1").exists()
-
-
-@pytest.mark.parametrize("arg, words", [("steps=abc", "teacher.steps"), ("nosuch=1", "teacher.nosuch"),
-                                        ("steps", "key=value")])
-def test_teacher_cli_bad_override_is_one_line(tmp_path, arg, words):
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "train_teacher.py"), "--workdir", str(tmp_path / "w"),
-                        "--out", str(tmp_path / "o"), arg], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
-    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
 
 
 def test_checkpointing_choices_and_backbones():

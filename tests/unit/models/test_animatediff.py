@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from safetensors.torch import save_file
 
 from vip import config
@@ -13,8 +13,8 @@ from vip.config import ConfigError, ModelConfig
 from vip.models.base import UnknownUnitError
 from vip.models.motion_unet import motion_units
 from vip.models.registry import load_video_model
-from redpo_step import one_redpo_step
-from vip.toyvid.text import build_text_encoder, build_tokenizer
+from helpers.redpo_step import one_redpo_step
+from helpers.tiny_backbones import tiny_adapter, write_sd15
 
 PROMPTS = ["a red circle moves left", "a blue square moves up"]
 SEEDS = [3, 4]
@@ -22,31 +22,17 @@ FRAMES, SIZE = 4, 16
 UNITS = ["mid_block.motion_modules.0", "up_blocks.0.motion_modules.1"]
 
 
-def tiny_adapter(mid: bool, heads: int = 2, groups: int = 16) -> MotionAdapter:
-    return MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=heads,
-                         motion_norm_num_groups=groups, motion_max_seq_length=8, use_motion_mid_block=mid)
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     """A tiny SD1.5 directory (unet/, vae/, text_encoder/, tokenizer/), a v1-5-2-like and a
-    v3-like adapter directory and a Lightning-style single file, as users download them."""
-    torch.manual_seed(0)
+    v3-like adapter directory and a Lightning-style single file, as users download them
+    (one seed: the adapters draw on after the SD1.5 weights)."""
     root = tmp_path_factory.mktemp("animatediff")
-    sd = root / "sd15"
-    UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, in_channels=4, out_channels=4, sample_size=16,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=16).save_pretrained(sd / "unet")
-    AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=16,
-                  layers_per_block=1, sample_size=SIZE).save_pretrained(sd / "vae")
-    build_text_encoder(hidden=16).save_pretrained(sd / "text_encoder")
-    build_tokenizer().save_pretrained(sd / "tokenizer")
-    tiny_adapter(mid=True).save_pretrained(root / "v152")
-    tiny_adapter(mid=False).save_pretrained(root / "v3")
+    write_sd15(root / "sd15", seed=0, vae_size=SIZE)
+    tiny_adapter(mid=True, heads=2, groups=16, seed=None).save_pretrained(root / "v152")
+    tiny_adapter(mid=False, heads=2, groups=16, seed=None).save_pretrained(root / "v3")
     # Lightning's published defaults: 8 heads, 32 groups (not readable from the tensors)
-    save_file(tiny_adapter(mid=True, heads=8, groups=32).state_dict(),
+    save_file(tiny_adapter(mid=True, heads=8, groups=32, seed=None).state_dict(),
               root / "animatediff_lightning_2step_diffusers.safetensors")
     return root
 

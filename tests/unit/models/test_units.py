@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers.paths import ROOT
 from vip import config
 from vip.config import ModelConfig
 from vip.models.registry import load_video_model
@@ -22,7 +22,7 @@ from vip.store import RunDir, sha256_file
 
 from helpers import tiny_backbones
 
-ROOT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "toyvid.yaml"
+ROOT_CONFIG = ROOT / "configs" / "toyvid.yaml"
 BACKBONES = ["toyvid", "animatediff", "videocrafter2", "wan2.1"]
 # where each family's save() puts its denoiser (read off the families' save(), not off the registry)
 DENOISER_FOLDER = {"toyvid": "unet", "animatediff": "unet", "videocrafter2": "unet", "wan2.1": "transformer"}
@@ -30,10 +30,8 @@ DENOISER_FOLDER = {"toyvid": "unet", "animatediff": "unet", "videocrafter2": "un
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with tiny_backbones.one_torch_thread():
+        yield
 
 
 def _overrides(overrides: list[str]) -> dict:

@@ -17,6 +17,8 @@ from vip.models.videocrafter2.scheduler import VideoCrafterDDIMScheduler
 from vip.models.videocrafter2.unet3d import VideoCrafterUNet3D
 from vip.redpo import pair_loss
 
+from helpers.tiny_backbones import one_torch_thread
+
 PROMPTS = ["a red fox runs", "waves at dusk", "a city at night"]
 SEEDS = [5, 6, 7]
 # Worked out by hand from the block structure (docs/decisions.md): with channel_mult (1, 2)
@@ -29,10 +31,8 @@ TINY_UNITS = ["input_blocks.1", "input_blocks.2", "input_blocks.5", "middle_bloc
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """The tensors are tiny: a second intra-op thread only adds waiting on a shared CPU (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -301,8 +301,6 @@ def test_one_redpo_step_lowers_the_loss(model):
 def test_bf16_unet_runs_with_float32_norms_and_stays_close():
     """lvdm's GroupNorm32 normalises in float32 whatever the weights' dtype; with bf16 weights that
     needs float32 affine parameters too (group_norm refuses the mix): a bf16 U-Net must run."""
-    from vip.models.videocrafter2.build import TINY_UNET
-    from vip.models.videocrafter2.unet3d import VideoCrafterUNet3D
     torch.manual_seed(0)
     unet = VideoCrafterUNet3D(**TINY_UNET).eval()
     x = torch.randn(2, 4, 3, 8, 8)

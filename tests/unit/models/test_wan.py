@@ -5,18 +5,17 @@ import shutil
 
 import pytest
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+from diffusers import WanTransformer3DModel
 
 from vip import config
 from vip.config import ConfigError, ModelConfig
 from vip.models.base import UnknownUnitError
-from vip.models.published_configs import WAN21_SCHEDULER, WAN21_T2V_1_3B_TRANSFORMER
+from vip.models.published_configs import WAN21_T2V_1_3B_TRANSFORMER
 from vip.models.registry import load_video_model
 from vip.models.units import UNIT_PATTERNS, list_units
 
-from redpo_step import one_redpo_step
+from helpers.redpo_step import one_redpo_step
+from helpers.tiny_backbones import WAN_DIR, write_wan
 
 PROMPTS = ["a red circle moves left", "a blue square moves up"]
 SEEDS = [5, 6]
@@ -24,29 +23,14 @@ FRAMES, SIZE = 5, 16  # the tiny VAE: 2x in time (1 + 2k frames), 2x in space
 UNITS = ["blocks.0", "blocks.2"]
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    words = "a red blue circle square moves left up right down".split()
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+WORDS = "a red blue circle square moves left up right down".split()  # the tiny tokenizer's vocabulary
 
 
 @pytest.fixture(scope="module")
 def wan_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("wan") / "Wan2.1-T2V-tiny-Diffusers"
-    WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                          out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
-                          rope_max_seq_len=32).save_pretrained(d / "transformer")
-    AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[True],
-                     latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 2.0, 1.0]).save_pretrained(d / "vae")
-    UMT5EncoderModel(UMT5Config(vocab_size=16, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
-                                relative_attention_num_buckets=8)).save_pretrained(d / "text_encoder")
-    tiny_tokenizer().save_pretrained(d / "tokenizer")
-    UniPCMultistepScheduler(**{k: v for k, v in WAN21_SCHEDULER.items() if not k.startswith("_")}).save_pretrained(
-        d / "scheduler")
-    return d
+    root = tmp_path_factory.mktemp("wan")
+    write_wan(root, seed=0, layers=3, words=WORDS, text_vocab=16)
+    return root / WAN_DIR
 
 
 def cfg_for(path, **kw) -> ModelConfig:

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vip.perf.adaptive import adaptive_loo, from_table, schedule, settled_out
+from vip.perf.adaptive import adaptive_loo, from_table, intervals, schedule, settled_out
 from vip.rewards.base import ASPECTS
 from vip.steps.loo import FULL
 from vip.steps.select import choose, deltas
@@ -90,3 +90,47 @@ def test_k_out_of_range_is_refused():
     scores, variants = table(np.zeros((2, A)), 4, 0.0)
     with pytest.raises(ValueError, match="k=3"):
         adaptive_loo(from_table(scores, variants), variants[1:], 4, 3)
+
+
+# --- edges pinned for mutation testing (docs/testing.md) ------------------------------------------------
+
+def test_schedule_starts_at_one_prompt_at_least():
+    assert schedule(5, 1) == [1, 2, 4, 5]
+    assert schedule(3, 0) == [1, 2, 3]
+
+
+def test_intervals_by_hand():
+    diffs = np.array([[1.0, 0.0], [3.0, 0.0], [1.0, 4.0], [3.0, 4.0]])  # 4 prompts: (total, TC)
+    mean, low, high = intervals(diffs, z=2.0)
+    sd = np.sqrt([4 / 3, 16 / 3])  # ddof=1
+    assert mean.tolist() == [2.0, 2.0]
+    assert high == pytest.approx(mean + 2.0 * sd / 2.0) and low == pytest.approx(mean - 2.0 * sd / 2.0)
+    mean, low, high = intervals(np.array([[1.0, 2.0], [3.0, 2.0]]), z=1.0)  # two prompts: sd / sqrt(2)
+    assert low.tolist() == pytest.approx([1.0, 2.0]) and high.tolist() == pytest.approx([3.0, 2.0])
+    mean, low, high = intervals(np.array([[1.0, 2.0]]), z=1.0)  # one prompt: nothing is known yet
+    assert mean.tolist() == [1.0, 2.0] and low.tolist() == [-np.inf] * 2 and high.tolist() == [np.inf] * 2
+
+
+def test_a_tie_with_the_last_slot_keeps_a_unit():
+    # [0, 0], [0, 1] and [1, 1] in both rankings, k = 1: unit 0's worst rank is 2 (unit 1 may tie it), so
+    # n_hat = 2; unit 2's best rank is 2 (only unit 0 is certainly below), not past n_hat: it stays
+    low, high = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]), np.array([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    assert settled_out(low, high, 1).tolist() == [False, False, False]
+
+
+def test_rounds_are_recorded_and_the_defaults_are_z3_first8():
+    means = np.array([[0.0] * A, [0.0] * A, [0.5] * A])
+    scores, variants = table(means, 32, noise=0.2, seed=0)
+    r = adaptive_loo(from_table(scores, variants), variants[1:], 32, 1)
+    assert r.rounds == [{"prompts": 8, "active": 2, "clips": 32}, {"prompts": 16, "active": 2, "clips": 56},
+                        {"prompts": 32, "active": 2, "clips": 104}]  # no settling after the last round
+    assert r.prompts_seen == {"u00": 32, "u01": 32, "u02": 8}
+    wider = adaptive_loo(from_table(scores, variants), variants[1:], 32, 1, z=4.0)
+    assert wider.clips == 112 != r.clips  # the case tells z = 3 from z = 4
+
+
+def test_with_nothing_settled_the_deltas_are_the_exhaustive_ones_bit_for_bit():
+    scores, variants = table(np.zeros((3, A)), 8, noise=0.5, seed=2)  # float32, as loo.h5 holds them
+    r = adaptive_loo(from_table(scores, variants), variants[1:], 8, 1, z=50.0, first=2)
+    assert r.clips == r.exhaustive_clips
+    assert r.selection.delta == deltas(scores, variants)  # the same float32 table, the same arithmetic

@@ -4,19 +4,14 @@ import base64
 import json
 import re
 import struct
-import subprocess
-import sys
 from html import escape
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vip.config import ConfigError
 from vip.report.build import write_report
-from vip.report.collect import read_run
 
-ROOT = Path(__file__).resolve().parents[2]
 ASPECTS = ("visual_quality", "temporal_consistency", "dynamic_degree", "text_alignment")
 UNITS = ["down_blocks.0.motion_modules.0", "down_blocks.1.motion_modules.1", "mid_block.motion_modules.0",
          "up_blocks.1.motion_modules.2", "up_blocks.2.motion_modules.0", "up_blocks.2.motion_modules.1"]
@@ -203,15 +198,6 @@ def test_a_run_with_nothing_but_its_config(tmp_path):
     assert "<img" not in html and html.count("not yet run") >= 3  # outcome, filter, stage 1
 
 
-def test_not_a_run_directory_is_one_line_and_exit_2(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
-        read_run(tmp_path / "nowhere")
-    r = subprocess.run([sys.executable, str(ROOT / "jobs/report.py"), str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "not a run directory" in r.stderr
-    assert not (tmp_path / "report.html").exists()
-
-
 def test_a_stage_whose_training_was_skipped(tmp_path):
     """train.min_pairs: too few pairs, no training; the student is the pruned one."""
     run = _light(make_run(tmp_path))
@@ -225,4 +211,3 @@ def test_a_stage_whose_training_was_skipped(tmp_path):
     assert "Training was skipped" in stage1 and "ReDPO training: not yet run" not in stage1
     assert f"<td>skipped: {escape(reason)}</td>" in _section(html, "outcome")
     assert len(re.findall(r"<img ", html)) == 1  # the outcome chart; no training curves
-

@@ -4,7 +4,6 @@ and the base model's config, preprocessor and tokenizer files; loaded through lo
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -12,103 +11,15 @@ import torch
 from vip.config import ConfigError, RewardConfig
 from vip.rewards.base import ASPECTS, total
 from vip.rewards.registry import load_reward
-from vip.rewards.videoreward import (DETAILED_PROMPT_WITH_SPECIAL_TOKEN, SPECIAL_TOKENS, VideoRewardNet, patchify,
-                                     published_frame_count, smart_resize)
+from vip.rewards.videoreward import DETAILED_PROMPT_WITH_SPECIAL_TOKEN, patchify, published_frame_count, smart_resize
 
-QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                 "<|image_pad|>", "<|video_pad|>"]
-NORM = {"VQ_mean": 3.6757, "VQ_std": 2.2476, "MQ_mean": 1.1646, "MQ_std": 1.3811, "TA_mean": 2.8105, "TA_std": 2.5121}
-LORA_R, LORA_ALPHA = 4, 8
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def tiny_tokenizer():
-    """Byte-level BPE over the 256 byte symbols (no merges) with Qwen2-VL's chat/vision tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS[1:]})
-    return fast
-
-
-def tiny_config(tok, vocab):
-    from transformers import Qwen2VLConfig
-
-    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    return Qwen2VLConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=vocab,
-                         rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2, in_channels=3,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-
-
-def published_state_dict(net: VideoRewardNet, g: torch.Generator) -> dict:
-    """net's weights as the published model.pth holds them: PEFT prefix, transformers 4.45
-    module names, LoRA on the language model's linears (W0 + alpha/r B A = net's weight),
-    and a generation head the reward does not use."""
-    out, scale = {}, LORA_ALPHA / LORA_R
-    for k, v in net.state_dict().items():
-        if k.startswith("model.language_model."):
-            old = "base_model.model.model." + k.removeprefix("model.language_model.")
-        elif k.startswith("model.visual."):
-            old = "base_model.model.visual." + k.removeprefix("model.visual.")
-        else:
-            old = "base_model.model." + k
-        layer = old.rsplit(".", 1)[0]
-        if old.startswith("base_model.model.model.layers.") and layer.endswith(LORA_TARGETS):
-            if k.endswith(".weight"):
-                a = torch.randn(LORA_R, v.shape[1], generator=g) * 0.1
-                b = torch.randn(v.shape[0], LORA_R, generator=g) * 0.1
-                out[f"{layer}.base_layer.weight"] = v - scale * b @ a
-                out[f"{layer}.lora_A.default.weight"], out[f"{layer}.lora_B.default.weight"] = a, b
-            else:
-                out[f"{layer}.base_layer.bias"] = v
-        else:
-            out[old] = v
-    out["base_model.model.lm_head.weight"] = torch.randn(net.model.language_model.embed_tokens.weight.shape, generator=g)
-    return out
-
-
-def write_checkpoint(path, output_dim=1, seed=0):
-    """A KwaiVGI/VideoReward directory (tiny, random) with the base model's files in a subdirectory."""
-    base = path / "Qwen2-VL-2B-Instruct"
-    base.mkdir(parents=True)
-    tok = tiny_tokenizer()
-    tok.save_pretrained(base)
-    vocab = len(tok) + len(SPECIAL_TOKENS)  # the published code resized the embedding after adding them
-    config = tiny_config(tok, vocab)
-    config.save_pretrained(base)
-    (base / "preprocessor_config.json").write_text(json.dumps({
-        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor"}))
-    torch.manual_seed(seed)
-    net = VideoRewardNet(config, output_dim)
-    (path / "checkpoint-11352").mkdir()
-    torch.save(published_state_dict(net, torch.Generator().manual_seed(seed)), path / "checkpoint-11352" / "model.pth")
-    (path / "model_config.json").write_text(json.dumps({
-        "data_config": {"max_frame_pixels": 200704, "num_frames": None, "fps": 2.0, "eval_dim": ["VQ", "MQ", "TA"],
-                        "prompt_template_type": "detailed_special", "sample_type": "uniform"},
-        "model_config": {"model_name_or_path": "Qwen/Qwen2-VL-2B-Instruct", "output_dim": output_dim,
-                         "use_special_tokens": True, "reward_token": "special"},
-        "peft_lora_config": {"lora_enable": True, "lora_r": LORA_R, "lora_alpha": LORA_ALPHA, "use_rslora": False,
-                             "lora_namespan_exclude": ["lm_head", "rm_head", "embed_tokens", "visual"]},
-        "inference_config": NORM}))
-    return net
+from helpers.tiny_rewards import VIDEOREWARD_NORM as NORM, copy_checkpoint, videoreward_net
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("vr") / "VideoReward"
-    return path, write_checkpoint(path)
+    return path, videoreward_net(path)
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +154,7 @@ def test_language_model_gets_the_published_sequential_positions(reward, monkeypa
 
 
 def test_three_output_head_takes_the_diagonal(tmp_path):
-    write_checkpoint(tmp_path / "VR3", output_dim=3, seed=1)
+    videoreward_net(tmp_path / "VR3", output_dim=3, seed=1)
     r = load_reward(RewardConfig(name="videoreward", path=str(tmp_path / "VR3")))
     h = torch.randn(1, 3, r.net.rm_head.in_features)
     s = r.net.rm_head(h)
@@ -288,12 +199,6 @@ def test_too_few_frames_is_a_config_error(ckpt, reward):
         reward.score(clips(1, frames=1), PROMPTS[:1])
 
 
-def copy_ckpt(ckpt, tmp_path):
-    dst = tmp_path / "VideoReward"
-    shutil.copytree(ckpt[0], dst)
-    return dst
-
-
 @pytest.mark.parametrize("remove,named", [
     ("model_config.json", "model_config.json"),
     ("checkpoint-11352/model.pth", "model.pth"),
@@ -302,21 +207,19 @@ def copy_ckpt(ckpt, tmp_path):
     ("Qwen2-VL-2B-Instruct", "Qwen2-VL-2B-Instruct"),
 ])
 def test_missing_file_is_named(ckpt, tmp_path, remove, named):
-    d = copy_ckpt(ckpt, tmp_path)
-    target = d / remove
-    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    d = copy_checkpoint(ckpt[0], tmp_path / "VideoReward", remove)
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_reward(RewardConfig(name="videoreward", path=str(d)))
 
 
 def test_config_that_does_not_match_is_named(ckpt, tmp_path):
-    d = copy_ckpt(ckpt, tmp_path)
+    d = copy_checkpoint(ckpt[0], tmp_path / "VideoReward")
     mc = json.loads((d / "model_config.json").read_text())
     mc["data_config"]["prompt_template_type"] = "simple"
     (d / "model_config.json").write_text(json.dumps(mc))
     with pytest.raises(ConfigError, match="prompt_template_type"):
         load_reward(RewardConfig(name="videoreward", path=str(d)))
-    d2 = copy_ckpt(ckpt, tmp_path / "2")
+    d2 = copy_checkpoint(ckpt[0], tmp_path / "2" / "VideoReward")
     cfg = json.loads((d2 / "Qwen2-VL-2B-Instruct" / "config.json").read_text())
     cfg["text_config"]["intermediate_size"] = 48  # the weights have 64
     (d2 / "Qwen2-VL-2B-Instruct" / "config.json").write_text(json.dumps(cfg))

@@ -4,7 +4,6 @@ loaded through load_reward as a user would."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from vip.rewards.base import ASPECTS, total
 from vip.rewards.frames import stride_indices, to_pil
 from vip.rewards.registry import load_reward
 from vip.rewards.videoscore import OUTPUTS, QUERY_TEMPLATE, VideoScoreNet, build_query, last_token_index
+
+from helpers.tiny_rewards import copy_checkpoint
 
 IMAGE_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]
 
@@ -240,12 +241,6 @@ def test_too_few_frames_is_a_config_error(ckpt):
         published.score(clips(1, frames=8), PROMPTS[:1])
 
 
-def copy_ckpt(ckpt, tmp_path):
-    dst = tmp_path / "VideoScore"
-    shutil.copytree(ckpt[0], dst)
-    return dst
-
-
 @pytest.mark.parametrize("remove,named", [
     ("model.safetensors.index.json", "model.safetensors"),
     ("model-00002-of-00002.safetensors", "model-00002-of-00002.safetensors"),
@@ -253,8 +248,7 @@ def copy_ckpt(ckpt, tmp_path):
     ("preprocessor_config.json", "preprocessor_config.json"),
 ])
 def test_missing_file_is_named(ckpt, tmp_path, remove, named):
-    d = copy_ckpt(ckpt, tmp_path)
-    (d / remove).unlink()
+    d = copy_checkpoint(ckpt[0], tmp_path / "VideoScore", remove)
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_reward(RewardConfig(name="videoscore", path=str(d)))
 
@@ -265,7 +259,7 @@ def test_missing_file_is_named(ckpt, tmp_path, remove, named):
     ({"image_token_id": 5}, "image_token_id"),
 ])
 def test_config_that_does_not_match_is_named(ckpt, tmp_path, change, named):
-    d = copy_ckpt(ckpt, tmp_path)
+    d = copy_checkpoint(ckpt[0], tmp_path / "VideoScore")
     raw = json.loads((d / "config.json").read_text())
     raw.update(change)
     (d / "config.json").write_text(json.dumps(raw))
@@ -274,7 +268,7 @@ def test_config_that_does_not_match_is_named(ckpt, tmp_path, change, named):
 
 
 def test_config_and_weights_that_disagree_name_the_weight(ckpt, tmp_path):
-    d = copy_ckpt(ckpt, tmp_path)
+    d = copy_checkpoint(ckpt[0], tmp_path / "VideoScore")
     raw = json.loads((d / "config.json").read_text())
     raw["text_config"]["num_hidden_layers"] = 3  # the weights have 2 layers
     (d / "config.json").write_text(json.dumps(raw))
@@ -290,7 +284,7 @@ def test_empty_or_missing_path(tmp_path):
 
 
 def test_processor_that_does_not_match_the_config_is_named(ckpt, tmp_path):
-    d = copy_ckpt(ckpt, tmp_path)
+    d = copy_checkpoint(ckpt[0], tmp_path / "VideoScore")
     (d / "processor_config.json").write_text(json.dumps({"image_seq_len": 8}))  # the perceiver has 4 latents
     with pytest.raises(ConfigError, match="image_seq_len"):
         load_reward(RewardConfig(name="videoscore", path=str(d)))
@@ -339,7 +333,7 @@ def test_tokenizer_special_tokens_and_right_padding(reward):
 
 
 def test_tokenizer_that_is_not_llama_is_named(ckpt, tmp_path):
-    d = copy_ckpt(ckpt, tmp_path)
+    d = copy_checkpoint(ckpt[0], tmp_path / "VideoScore")
     raw = json.loads((d / "tokenizer_config.json").read_text())
     raw["tokenizer_class"] = "GPT2Tokenizer"
     (d / "tokenizer_config.json").write_text(json.dumps(raw))
@@ -348,7 +342,7 @@ def test_tokenizer_that_is_not_llama_is_named(ckpt, tmp_path):
 
 
 def test_missing_tokenizer_json_is_named(ckpt, tmp_path):
-    d = copy_ckpt(ckpt, tmp_path)
+    d = copy_checkpoint(ckpt[0], tmp_path / "VideoScore")
     (d / "tokenizer.json").unlink()
     with pytest.raises(ConfigError, match=r"tokenizer\.json"):
         load_reward(RewardConfig(name="videoscore", path=str(d)))
@@ -358,7 +352,7 @@ def test_perceiver_uses_the_text_models_eps(ckpt, tmp_path):
     """The published perceiver takes hidden_size and rms_norm_eps from text_config; transformers 5 copies
     them only when perceiver_config's hidden_size differs, so a config whose widths agree (the real
     4096-wide one) would get the perceiver default eps 1e-6."""
-    d = copy_ckpt(ckpt, tmp_path)
+    d = copy_checkpoint(ckpt[0], tmp_path / "VideoScore")
     raw = json.loads((d / "config.json").read_text())
     raw["text_config"]["rms_norm_eps"] = 0.03
     raw["perceiver_config"]["hidden_size"] = raw["text_config"]["hidden_size"]

@@ -49,6 +49,25 @@ def test_deltas_are_full_minus_variant_mean_over_samples():
     assert d["u2"][TC] == pytest.approx(0.0) and d["u2"]["total"] == pytest.approx(0.0)
 
 
+def test_deltas_are_per_aspect_and_over_the_samples_a_settled_unit_saw():
+    nan = np.nan
+    scores = np.array([
+        [[4.0, 3.0, 2.0, 1.0], [2.0, 1.0, 4.0, 3.0]],  # full: per-aspect means 3, 2, 3, 2
+        [[3.0, 3.0, 2.0, 0.5], [nan, nan, nan, nan]],  # settled after sample 0 (adaptive leave-one-out)
+        [[4.0, 2.0, 2.0, 1.0], [2.0, 1.0, 3.0, 3.0]],
+    ])
+    d = deltas(scores, [FULL, "early", "u"])
+    assert [d["early"][a] for a in ASPECTS] == pytest.approx([1.0, 0.0, 0.0, 0.5])  # sample 0 only, both sides
+    assert d["early"]["total"] == pytest.approx(1.5)
+    assert [d["u"][a] for a in ASPECTS] == pytest.approx([0.0, 0.5, 0.5, 0.0])
+    assert set(d) == {"early", "u"}  # the full model has no Δ
+
+
+def test_the_selection_keeps_the_table_it_chose_from():
+    delta = _delta({"a": 0.0, "b": 0.1}, {"a": 0.0, "b": 0.1})
+    assert choose(delta, k=1).delta is delta
+
+
 def test_k_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError, match="select.k"):
         choose(_delta({"a": 0.0}, {"a": 0.0}), k=2)
