@@ -127,7 +127,8 @@ def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.
     if kind == "epsilon":
         return noise
     if kind == "v_prediction":
-        if type(scheduler).__name__ in VP_FORWARD:
+        # UniPC and DPM-Solver (VP, but without get_velocity) take the formula below, as sigma-space samplers do
+        if type(scheduler).__name__ in VP_FORWARD and hasattr(scheduler, "get_velocity"):
             return scheduler.get_velocity(x0, noise, t)
         work = torch.promote_types(x0.dtype, torch.float32)
         a = _alpha_bar(scheduler, t, x0.ndim, x0.device, work)

@@ -141,3 +141,118 @@ def test_keys_the_backbone_or_reward_reads_are_accepted():
     config.load(None, ["reward.name=videoreward", "reward.path=/x", "reward.frames=4", "reward.fps=2"])
     config.load(None, ["reward.batch_size=2", "reward.dtype=float32"])  # how to run: not refused
     assert config.load(None, ["model.frames=0"]).hash() == config.load(None).hash()
+
+
+# --- the validation's exact rules and messages (pinned for mutation testing, docs/testing.md) ---------
+
+def _error(overrides=(), data=None) -> str:
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(data) if data is not None else config.load(None, list(overrides))
+    return str(e.value)
+
+
+def test_type_errors_name_the_key_and_the_type():
+    assert _error(["select.k=four"]) == "config key 'select.k' expects int, got 'four'"
+    assert _error(data={"run": {"name": True}}) == "config key 'run.name' expects str, got True"
+    assert _error(data={"loo": {"units": 5}}) == "config key 'loo.units' expects a list, got 5"
+    assert _error(data={"loo": {"units": ["a", True]}}) == "config key 'loo.units' expects str, got True"
+    assert config.load(None, ["loo.units=a,,b"]).loo.units == ["a", "b"]
+
+
+def test_unknown_keys_and_sections_list_what_there_is():
+    assert _error(["run.nme=x"]) == "unknown config key 'run.nme'; run has: name, root, seed"
+    assert _error(data={"foo": {}}) == ("unknown config section 'foo'; expected one of: run, model, reward, prompts, "
+                                        "loo, select, filter, curate, train, runtime, slurm")
+    assert _error(data={"run": 3}) == "config section 'run' must be a mapping of keys, got 3"
+
+
+def test_override_values():
+    assert config.load(None, ["filter.base_url="]).filter.base_url == ""  # empty, not YAML's null
+    assert config.load(None, ["slurm.extra=--reservation=x"]).slurm.extra == ["--reservation=x"]  # first '=' splits
+
+
+def test_file_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    assert _file_error(missing) == f"config file {str(missing)!r} does not exist (see configs/ for examples)"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("select: [1, 2\n")
+    try:
+        yaml.safe_load(bad.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0]
+    assert _file_error(bad) == f"config file {str(bad)!r} is not valid YAML: {first}"
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    assert _file_error(listing) == f"config file {str(listing)!r} must hold a mapping of sections"
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("run: 3\n")
+    assert _file_error(scalar, ["run.name=x"]) == "config section 'run' must be a mapping of keys"
+
+
+def _file_error(path, overrides=()) -> str:
+    with pytest.raises(ConfigError) as e:
+        config.load(path, list(overrides))
+    return str(e.value)
+
+
+def test_bounds_messages():
+    assert _error(["select.k=0"]) == "config key 'select.k' must be at least 1, got 0"
+    assert _error(["train.lr=0.0"]) == "config key 'train.lr' must be positive, got 0.0"
+    assert _error(["model.frames=-1"]) == "config key 'model.frames' must be 0 or more, got -1"
+    assert _error(["curate.alpha=-0.5"]) == "config key 'curate.alpha' must be 0 or more, got -0.5"
+    assert config.load(None, ["curate.alpha=0"]).curate.alpha == 0.0
+
+
+def test_prompt_dropout_is_a_share():
+    assert config.load(None, ["train.prompt_dropout=1"]).train.prompt_dropout == 1.0
+    assert _error(["train.prompt_dropout=1.5"]) == ("config key 'train.prompt_dropout' is a share of pairs, from 0 to 1; "
+                                                    "got 1.5")
+
+
+def test_videocrafter2_messages():
+    assert _error(["model.backbone=videocrafter2", "train.checkpointing=every_block"]) == (
+        "config key 'train.checkpointing': every_block is for animatediff, toyvid and wan2.1; "
+        "videocrafter2 has no checkpointing: use 'none' or 'backbone'")
+    assert _error(["model.backbone=videocrafter2", "train.compile=true"]) == (
+        "config key 'train.compile': regional compilation knows the blocks of animatediff, toyvid "
+        "and wan2.1, not videocrafter2; set train.compile=false")
+
+
+def test_executor_and_run_name():
+    assert config.load(None, ["runtime.executor=slurm"]).runtime.executor == "slurm"
+    assert _error(["runtime.executor=pbs"]) == "config key 'runtime.executor' must be 'local' or 'slurm', got 'pbs'"
+    assert _error(["run.name="]) == "config key 'run.name' must be a non-empty name without '/', got ''"
+    assert _error(["run.name=a/b"]) == "config key 'run.name' must be a non-empty name without '/', got 'a/b'"
+
+
+def test_keys_read_messages_say_backbone_or_reward():
+    assert _error(["model.fps=8"]) == ("config key 'model.fps' is 8, but the backbone 'toyvid' does not read it (it "
+                                       "would change the config hash and nothing else); leave it at 0")
+    assert _error(["reward.frames=4"]) == ("config key 'reward.frames' is 4, but the reward 'toyvid_score' does not read "
+                                           "it (it would change the config hash and nothing else); leave it at 0")
+
+
+def test_reads_key_and_a_backbone_registered_in_code_only():
+    cfg = config.load(None)
+    assert not config.reads_key(cfg, "model", "fps") and config.reads_key(cfg, "model", "steps")
+    assert config.reads_key(config.load(None, ["model.backbone=videocrafter2"]), "model", "fps")
+    assert not config.reads_key(cfg, "reward", "path") and config.reads_key(cfg, "reward", "batch_size")
+    cfg.model.backbone = "custom"  # not in IGNORED_KEYS: not known to read anything, and not checked
+    assert not config.reads_key(cfg, "model", "steps")
+    config.validate_keys_read(cfg)
+
+
+@pytest.mark.parametrize("value, bad", [("gpu", False), ("", False), ("a\nb", True), ("a\x7fb", True),
+                                        ("a\u2028b", True), ("a\u2029b", True), ("a\u0085b", True), ("\u00e9", False)])
+def test_control_characters(value, bad):
+    assert config.has_control_chars(value) is bad
+
+
+def test_slurm_values_are_one_line_sbatch_options():
+    assert _error(data={"slurm": {"partition": "a\nb"}}) == ("config key 'slurm.partition' must not contain newlines or control "
+                                                "characters, got 'a\\nb'")
+    assert config.load(None, ["slurm.extra=--reservation=x,-C,--exclusive"]).slurm.extra == \
+        ["--reservation=x", "-C", "--exclusive"]
+    msg = "config key 'slurm.extra' holds sbatch options like '--reservation=x' (one line each), got {!r}"
+    assert _error(data={"slurm": {"extra": ["reservation"]}}) == msg.format("reservation")
+    assert _error(data={"slurm": {"extra": ["--reservation=x\n#SBATCH --x"]}}) == msg.format("--reservation=x\n#SBATCH --x")

@@ -102,3 +102,52 @@ def test_an_aspect_copying_the_targets_reward_output_is_not_a_rival():
     assert plain.keep.tolist() == [False, False, False]  # the tie with its own copy rejects every pair
     assert shared.keep.tolist() == [True, True, False]  # only the pair with a genuine rival goes
     assert aspect_sources("toyvid_score") == {}
+
+
+# --- edges pinned for mutation testing (docs/testing.md) ------------------------------------------------
+
+def test_the_default_is_one_target_and_the_threshold_is_inclusive():
+    drop = {"visual_quality": 1.5, "temporal_consistency": 2.0, "dynamic_degree": 1.25, "text_alignment": -0.5}
+    assert choose_targets(drop) == ["temporal_consistency"]  # threshold 0: only the largest, however many pass 1
+    assert choose_targets(drop, threshold=1.25) == ["temporal_consistency", "visual_quality", "dynamic_degree"]
+
+
+@pytest.mark.parametrize("w_shape, l_shape", [((2, 4), (3, 4)), ((2, 4, 1), (2, 4, 1)), ((2, 3), (2, 3))])
+def test_scores_of_the_wrong_shape_are_refused_by_name(w_shape, l_shape):
+    with pytest.raises(ValueError) as e:
+        curate(np.zeros(w_shape), np.zeros(l_shape), ["visual_quality"], alpha=0.3)
+    assert str(e.value) == f"scores must both be [N, 4], got {w_shape} and {l_shape}"
+
+
+def test_no_target_is_refused():
+    with pytest.raises(ValueError) as e:
+        curate(np.zeros((1, 4)), np.zeros((1, 4)), [], alpha=0.3)
+    assert str(e.value) == "at least one target aspect is needed"
+
+
+def test_no_candidates_give_nan_floors_quietly():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice"
+        c = curate(np.zeros((0, 4)), np.zeros((0, 4)), ["visual_quality", "text_alignment"], alpha=0.3)
+    assert c.kept == 0 and c.keep.shape == (0,)
+    assert list(c.floors) == ["visual_quality", "text_alignment"] and all(np.isnan(v) for v in c.floors.values())
+    assert c.rejected == {"target_not_better": 0, "below_floor": 0, "gap_not_largest": 0}
+
+
+@pytest.mark.parametrize("sources", [{"dynamic_degree": "temporal_consistency"},  # DD copies TC's own output
+                                     {"temporal_consistency": "dynamic_degree"}])  # TC copies DD's own output
+def test_an_aspect_sharing_the_targets_output_by_its_name_is_not_a_rival(sources):
+    l = np.full((1, 4), 2.0)
+    w = l + np.array([[0.0, 0.5, 0.9, 0.0]])  # DD's gap beats the target's (TC) gap
+    assert curate(w, l, ["temporal_consistency"], alpha=10.0).keep.tolist() == [False]
+    assert curate(w, l, ["temporal_consistency"], alpha=10.0, sources=sources).keep.tolist() == [True]
+
+
+def test_rejection_report_lists_every_rule():
+    from vip.curation import Curation, rejection_report
+    c = Curation(np.array([True, False, False]), {}, {"target_not_better": 1, "below_floor": 0, "gap_not_largest": 2})
+    assert rejection_report(c, 3) == ("kept 1 of 3 candidate pairs\n"
+                                      "  rejected    1: preferred not better than unpreferred in the target\n"
+                                      "  rejected    0: unpreferred target score below mean - alpha*std\n"
+                                      "  rejected    2: target gap not larger than every other aspect's gap")

@@ -134,3 +134,13 @@ def test_with_nothing_settled_the_deltas_are_the_exhaustive_ones_bit_for_bit():
     r = adaptive_loo(from_table(scores, variants), variants[1:], 8, 1, z=50.0, first=2)
     assert r.clips == r.exhaustive_clips
     assert r.selection.delta == deltas(scores, variants)  # the same float32 table, the same arithmetic
+
+
+def test_after_the_last_round_no_unit_is_dropped():
+    # one round (8 prompts, first=8): every unit is scored on all of them, so none is reported as dropped,
+    # though u02 would settle out on these scores
+    means = np.array([[0.0] * A, [0.0] * A, [2.0] * A])
+    scores, variants = table(means, 8, noise=0.05, seed=3)
+    r = adaptive_loo(from_table(scores, variants), variants[1:], 8, 1, z=3.0, first=8)
+    assert r.rounds == [{"prompts": 8, "active": 3, "clips": 32}]
+    assert r.prompts_seen == {"u00": 8, "u01": 8, "u02": 8}

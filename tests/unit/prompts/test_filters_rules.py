@@ -15,6 +15,11 @@ def test_every_listed_abbreviation_does_not_end_a_sentence(abbreviation):
     assert not filters.is_single_sentence(f"Then {abbreviation}x. Smith waves.")  # a longer word is not one
 
 
+def test_only_quotes_and_brackets_are_stripped_before_an_abbreviation():
+    assert not filters.is_single_sentence("A XMs. Smith walks.")  # "xms" is no abbreviation: letters stay
+    assert not filters.is_single_sentence(". A dog runs")  # a leading period: nothing before it, still a break
+
+
 def test_a_real_sentence_end_after_an_abbreviation_still_counts():
     assert not filters.is_single_sentence("Mr. Smith runs. A cat sleeps.")
     assert not filters.is_single_sentence("U.S.A. is big. A cat sleeps.")  # initials: only their own dot is spared
@@ -88,10 +93,11 @@ def test_the_metric_needs_one_flat_label_per_video():
         filters.dynamic_degree_metric([[True]], [[True]])
     with pytest.raises(ValueError, match=r"got \(1,\) videos and \(2,\) labels"):
         filters.dynamic_degree_metric([True], [True, False])
-    with pytest.raises(ValueError, match="dynamic degree of no videos is undefined"):
+    with pytest.raises(ValueError, match="^dynamic degree of no videos is undefined$"):
         filters.dynamic_degree_metric([], [])
 
 
 def test_the_metric_reads_truthiness():
     # a detector's 0/1 (or 0/255) output counts as bool: 255 on a dynamic prompt is a match
     assert filters.dynamic_degree_metric(np.array([255, 0]), [True, False]) == 1.0
+    assert filters.dynamic_degree_metric([True, False], np.array([255, 0])) == 1.0  # and the labels too
