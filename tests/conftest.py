@@ -4,8 +4,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker (and for what it starts): -n 2 on 2 cores, without two thread pools spinning
+    # against each other on the same cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 answer cache, blamed on the backend (not on filter.source) in one line, and no merged output left
 behind by a failed filter; the same run directory then succeeds against a working server.
 
-Everything goes through GeminiBackend and google-genai to a local HTTP server (helpers.gemini_server)."""
+Everything goes through GeminiBackend and google-genai to a local HTTP server (helpers.gemini_server), and
+one test through jobs/filter_prompts.py: an integration test, like test_gemini_http.py."""
 import sqlite3
 import time
 from pathlib import Path
