@@ -33,7 +33,7 @@ MODULES="curation select redpo store config filters llm adaptive"
 spec() {
   case $1 in
     curation) echo "vip/curation.py|tests/unit/test_curation.py tests/unit/test_curation_rejects.py|*" ;;
-    select) echo "vip/steps/select.py|tests/unit/steps/test_select.py|deltas rank choose" ;;
+    select) echo "vip/selection.py|tests/unit/test_selection.py|deltas rank choose" ;;
     redpo) echo "vip/redpo.py|tests/unit/test_redpo.py tests/unit/test_redpo_flow_noise.py tests/unit/test_redpo_training_noise.py|*" ;;
     store) echo "vip/store.py|tests/unit/test_store.py|*" ;;
     config) echo "vip/config.py|tests/unit/test_config.py|_coerce apply from_dict parse_value parse_override load reads_key validate_keys_read validate has_control_chars validate_slurm" ;;

@@ -9,6 +9,7 @@ import pytest
 from helpers.data import assert_variants_differ, assert_varies
 from vip import config
 from vip.orchestrate import driver
+from vip import selection
 from vip.steps import loo, select
 from vip.config import ConfigError
 from vip.store import IncompleteError, RunDir, read_h5, sha256_tree
@@ -77,10 +78,10 @@ def test_selection_from_merged_scores_and_pruned_student(ctx):
     sel = driver.run_selection(ctx)
     merged, _ = read_h5(loo.merged_path(ctx))
     variants = merged["variants"].tolist()
-    d = select.deltas(merged["scores"], variants)
+    d = selection.deltas(merged["scores"], variants)
     totals = sorted(v["total"] for v in d.values())
     assert totals[-1] - totals[-2] > 0.01, d  # a real choice, not the alphabetical tie-break
-    assert sel["chosen"] == select.choose(d, 1).chosen
+    assert sel["chosen"] == selection.choose(d, 1).chosen
     assert json.loads((select.pruned_path(ctx) / "removed_units.json").read_text()) == sel["chosen"]
     assert sel["params_after"] == sel["params_before"] - sel["unit_params"][sel["chosen"][0]]
     # a second call finds everything done and changes nothing

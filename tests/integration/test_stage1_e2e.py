@@ -8,7 +8,7 @@ import pytest
 
 from vip.models.motion_unet import MotionUNetModel
 from vip.models.registry import SHIPPED_TEACHER
-from vip.steps.select import choose, deltas
+from vip.selection import choose, deltas
 from vip.store import read_h5
 
 from helpers.paths import ROOT  # noqa: E402

@@ -1,7 +1,7 @@
 """Adaptive leave-one-out: evaluate in rounds on growing prompt subsets and stop evaluating a
 unit once its place in both rankings (total score, temporal consistency) is settled.
 
-The selection rule (vip.steps.select.choose) takes the k best units by total Δ from the
+The selection rule (vip.selection.choose) takes the k best units by total Δ from the
 smallest top-n of the two rankings whose intersection holds k units. A unit that is certainly
 outside the top-n_hat of BOTH rankings, where n_hat bounds the n that choose() stops at, never
 enters either top-n set, so its exact Δ cannot change the choice (outside only one ranking is
@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vip.rewards.base import ASPECTS
-from vip.steps.loo import FULL
-from vip.steps.select import TC, Selection, choose, deltas
+from vip.selection import FULL, TC, Selection, choose, deltas
 
 TC_INDEX = ASPECTS.index(TC)
 
@@ -114,7 +113,7 @@ def adaptive_loo(score, units: list[str], n_prompts: int, k: int, z: float = 3.0
             active = still_in_play(np.concatenate(full_chunks), {u: np.concatenate(unit_chunks[u]) for u in units},
                                    active, k, z)
         rounds.append({"prompts": hi, "active": len(active), "clips": clips})
-    # the table as the stage's loo.h5 holds it (NaN where a settled unit was not scored): select.deltas
+    # the table as the stage's loo.h5 holds it (NaN where a settled unit was not scored): selection.deltas
     table = np.full((len(units) + 1, n_prompts, len(ASPECTS)), np.nan, dtype=full_chunks[0].dtype)
     table[0] = np.concatenate(full_chunks)
     for i, u in enumerate(units, 1):

@@ -19,11 +19,12 @@ import numpy as np
 from vip import provenance as prov
 from vip.config import ConfigError
 from vip.evaluate import evaluate as score_samples
+from vip.perf.adaptive import schedule, still_in_play
 from vip.rewards.base import ASPECTS
+from vip.selection import FULL  # noqa: F401  (loo.FULL: the name every reader of loo.h5 uses)
 from vip.steps.context import StageContext
 from vip.store import IncompleteError, ShardSet, atomic_path, atomic_write_json, read_h5, write_h5
 
-FULL = "<full>"  # the variant with nothing removed: V(M)
 
 
 def step_dir(ctx: StageContext) -> Path:
@@ -69,7 +70,6 @@ def plan(ctx: StageContext) -> dict:
     planned = read_plan(ctx.dir)
     if planned is not None:
         return planned
-    from vip.perf.adaptive import schedule  # not at the top: adaptive -> select -> this module
 
     lc = ctx.cfg.loo
     variants = [FULL] + units_to_evaluate(ctx)
@@ -98,8 +98,6 @@ def rounds_left(planned: dict) -> int:
 def advance(ctx: StageContext) -> bool:
     """Adaptive only: once every planned task is done, plan the next round for the full model and
     the units whose place in both rankings is not settled yet. True when a round was added."""
-    from vip.perf.adaptive import still_in_play
-
     planned = plan(ctx)
     if not rounds_left(planned) or missing(ctx):
         return False

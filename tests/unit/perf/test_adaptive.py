@@ -7,8 +7,7 @@ from hypothesis import strategies as st
 
 from vip.perf.adaptive import adaptive_loo, from_table, intervals, schedule, settled_out
 from vip.rewards.base import ASPECTS
-from vip.steps.loo import FULL
-from vip.steps.select import choose, deltas
+from vip.selection import FULL, choose, deltas
 
 A = len(ASPECTS)
 

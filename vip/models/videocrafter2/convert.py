@@ -17,7 +17,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from torch import nn
@@ -26,6 +25,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from vip.config import ConfigError
 from vip.models.videocrafter2 import build
 from vip.models.videocrafter2.scheduler import VideoCrafterDDIMScheduler
+from vip.models.videocrafter2.model import VideoCrafter2Model, open_clip_tokenizer
 from vip.models.videocrafter2.unet3d import Block, VideoCrafterUNet3D
 
 UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX = "model.diffusion_model.", "first_stage_model.", "cond_stage_model.model."
@@ -281,8 +281,6 @@ def prepare_tokenizer(directory: Path, max_length: int = 77) -> CLIPTokenizer:
     """CLIP's BPE (vocab.json + merges.txt). The model pads with id 0 ("!") like open_clip.tokenize
     (VideoCrafter2Model.token_ids); "!" is not made the pad token here, since a special token is split out of
     the prompt text (see model.open_clip_tokenizer)."""
-    from vip.models.videocrafter2.model import open_clip_tokenizer
-
     directory = Path(directory)
     missing = [f for f in ("vocab.json", "merges.txt") if not (directory / f).is_file()]
     if missing and not (directory / "tokenizer.json").is_file():
@@ -297,8 +295,6 @@ def prepare_tokenizer(directory: Path, max_length: int = 77) -> CLIPTokenizer:
 
 def convert_checkpoint(ckpt: Path, tokenizer_dir: Path, trust_pickle: bool = False):
     """model.ckpt -> a VideoCrafter2Model (float32, CPU) with the published sampling defaults."""
-    from vip.models.videocrafter2.model import VideoCrafter2Model
-
     sd = read_checkpoint(ckpt, trust_pickle)
     tokenizer = prepare_tokenizer(tokenizer_dir)
     with torch.device("meta"):  # no random init of 1.4B parameters that the checkpoint overwrites

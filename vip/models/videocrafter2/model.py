@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from vip.config import ConfigError, ModelConfig
+from vip.config import ConfigError
 from vip.models.base import VideoModel, resolve_dtype
 from vip.models.diffusion import quiet_transformers, save_frozen
 from vip.models.videocrafter2.scheduler import VideoCrafterDDIMScheduler
@@ -249,28 +249,3 @@ class VideoCrafter2Model(VideoModel):
         scheduler = VideoCrafterDDIMScheduler.from_pretrained(directory / "scheduler")
         modules = (m.to(device, torch_dtype) for m in (unet, vae, text_encoder))
         return cls(*modules, tokenizer, scheduler, meta, removed)
-
-
-def load(path: Path, cfg: ModelConfig) -> VideoCrafter2Model:
-    """Registry entry: a converted directory, or a directory holding the published model.ckpt
-    and a tokenizer/ folder (converted in memory on every load: slow, but no second copy)."""
-    path = Path(path)
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'model.device': {cfg.device!r} but CUDA is not available")
-    if not (path / "vip_model.json").is_file() and (path / "model.ckpt").is_file():
-        from vip.models.videocrafter2.convert import convert_checkpoint
-
-        dtype = resolve_dtype(cfg.dtype, cfg.device)
-        model = convert_checkpoint(path / "model.ckpt", path / "tokenizer")
-        for m in (model.unet, model.vae, model.text_encoder):
-            m.to(cfg.device, dtype)
-    else:
-        model = VideoCrafter2Model.load(path, device=cfg.device, dtype=cfg.dtype)
-    overrides = {"steps": cfg.steps, "guidance": cfg.guidance, "frames": cfg.frames, "height": cfg.height,
-                 "width": cfg.width, "fps": cfg.fps}
-    model.meta.update({k: v for k, v in overrides.items() if k in ("steps", "guidance") or v})
-    f = model.vae_factor * 2 ** (len(model.unet.config.channel_mult) - 1)
-    if model.meta["height"] % f or model.meta["width"] % f:
-        raise ConfigError(f"config keys 'model.height'/'model.width' ({model.meta['height']}x{model.meta['width']}) "
-                          f"must be multiples of {f} (the VAE's and the U-Net's downsampling)")
-    return model

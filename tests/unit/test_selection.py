@@ -5,8 +5,7 @@ from hypothesis import strategies as st
 
 from vip.config import ConfigError
 from vip.rewards.base import ASPECTS
-from vip.steps.loo import FULL
-from vip.steps.select import TC, choose, deltas, rank
+from vip.selection import FULL, TC, choose, deltas, rank
 
 
 def _delta(total, tc):
