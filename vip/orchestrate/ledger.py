@@ -9,6 +9,12 @@ An entry: {"job_id": "123", "kind": "array"|"cpu"|"gpu"|"train", "elements": {"1
 (Slurm job id of each array element -> the step's task index; a job that is not an array has one
 element, its own id, with task null), "depends_on": [...], "log_dir": ..., "submitted": ISO time}.
 Reading it needs no Slurm: `vip.orchestrate.status` can show it anywhere.
+
+Before each sbatch the submitter records an intent under "intents" (tag -> {step, kind, tasks, ...,
+time}); the tag is the job's --comment. The entry that sbatch's reply gives replaces the intent in one
+write. An intent left behind (the submitter was killed in between) is reconciled by the next submitter
+with squeue / sacct (vip.orchestrate.slurm.reconcile): the job found under its tag is adopted, and one
+that never reached the controller is dropped, so no kill at any point submits the same work twice.
 """
 from __future__ import annotations
 
@@ -48,12 +54,32 @@ class Ledger:
     def steps(self) -> list[str]:
         return list(self.read()["steps"])
 
-    def add(self, step: str, entry: dict) -> None:
-        """Append one submission (call under `lock()`)."""
+    def add(self, step: str, entry: dict, resolves: str | None = None) -> None:
+        """Append one submission (call under `lock()`); `resolves`: the tag of the intent it replaces,
+        removed in the same write."""
         data = self.read()
         entry = {"submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}
         data["steps"].setdefault(step, []).append(entry)
+        if resolves is not None:
+            _drop_intent(data, resolves)
         atomic_write_json(self.path, data)
+
+    def add_intent(self, step: str, intent: dict) -> None:
+        """Record what is about to be submitted under its tag (call under `lock()`, before sbatch)."""
+        data = self.read()
+        data.setdefault("intents", {})[intent["tag"]] = {"step": step, "time": time.time(), **intent}
+        atomic_write_json(self.path, data)
+
+    def intents(self, step: str | None = None) -> list[dict]:
+        """Submissions begun but never recorded (of one step, or all), oldest first."""
+        found = [i for i in self.read().get("intents", {}).values() if step is None or i["step"] == step]
+        return sorted(found, key=lambda i: i.get("time", 0))
+
+    def drop_intent(self, tag: str) -> None:
+        """An intent whose job never reached the controller (call under `lock()`)."""
+        data = self.read()
+        if _drop_intent(data, tag):
+            atomic_write_json(self.path, data)
 
     def record_event(self, step: str, event: dict) -> Path:
         """One event of a running job (requeued, checkpointed, gave up), as its own file."""
@@ -89,3 +115,13 @@ class Ledger:
         for e in self.entries(step):
             out.update(e["elements"])
         return out
+
+
+def _drop_intent(data: dict, tag: str) -> bool:
+    intents = data.get("intents", {})
+    if tag not in intents:
+        return False
+    del intents[tag]
+    if not intents:
+        data.pop("intents")
+    return True

@@ -21,15 +21,20 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import submitit
+import submitit.slurm.slurm as submitit_slurm
 from submitit.helpers import Checkpointable
 
 from vip.config import Config, ConfigError, SlurmConfig, has_control_chars
@@ -255,8 +260,8 @@ def run_dir_warning(path: Path, hostnames: set[str] | None = None) -> str | None
             "and may not see it: use a directory on a shared file system (--run-dir)")
 
 
-def _sbatch_failure(ex: submitit.AutoExecutor, err: BaseException) -> SlurmError:
-    """submitit's FailedJobError (sbatch's stderr) as one line with the sbatch command that failed."""
+def _sbatch_options(ex: submitit.AutoExecutor) -> str:
+    """The options of a submission a person would look for first, as sbatch flags (for messages)."""
     params = ex._executor.parameters
     opts = [f"--job-name={params.get('job_name', '')}"]
     for key in ("partition", "account", "qos", "constraint"):
@@ -265,23 +270,14 @@ def _sbatch_failure(ex: submitit.AutoExecutor, err: BaseException) -> SlurmError
     for key, value in params.get("additional_parameters", {}).items():
         if key == "dependency":
             opts.append(f"--{key}={value}")
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return " ".join(opts)
+
+
+def _sbatch_failure(ex: submitit.AutoExecutor, said: str) -> SlurmError:
+    """sbatch's refusal (its stderr) as one line with the sbatch command that failed."""
+    lines = [ln.strip() for ln in str(said).strip().splitlines() if ln.strip()]
     said = "; ".join(dict.fromkeys(lines)) or "no output"
-    return SlurmError(f"'sbatch {' '.join(opts)} <script in {ex._executor.folder}>' failed: {said}")
-
-
-def _submitting(ex: submitit.AutoExecutor):
-    """Context for a submission: sbatch's refusal becomes a SlurmError naming the command."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def guard():
-        try:
-            yield
-        except submitit.core.utils.FailedJobError as e:
-            raise _sbatch_failure(ex, e) from None
-
-    return guard()
+    return SlurmError(f"'sbatch {_sbatch_options(ex)} <script in {ex._executor.folder}>' failed: {said}")
 
 
 # ----------------------------------------------------------------------------- executors
@@ -382,22 +378,282 @@ def live_dependencies(job_ids: Sequence[str]) -> list[str]:
 
 
 def map_array(folder: Path, fn: Callable, items: Sequence, slurm: SlurmConfig, name: str,
-              depends_on: Sequence[str] = (), kind: str = "array") -> list[submitit.Job]:
+              depends_on: Sequence[str] = (), kind: str = "array", track: "Tracker | None" = None) -> list[submitit.Job]:
     """fn(item) for every item as Slurm job arrays: one array per MaxArraySize items, each capped at
     slurm.array_parallelism tasks at once; with a cap, each array waits for the one before (afterany)
-    so the cap holds over all of them. Returns the jobs, one per item, in order."""
+    so the cap holds over all of them. Returns the jobs, one per item, in order. With `track`, each
+    array is recorded as an intent before its sbatch and as a ledger entry after (Tracker)."""
     size = max_array_size()
     jobs: list[submitit.Job] = []
     after = list(depends_on)
     for lo in range(0, len(items), size):
         chunk = list(items[lo:lo + size])
         ex = make_executor(folder, slurm, kind, name, after)
-        with _submitting(ex), ex.batch():
-            chunk_jobs = [ex.submit(fn, item) for item in chunk]
+        tag = new_tag(track.prefix if track is not None else name)
+        if track is not None:
+            track.begin(tag, "array", chunk, after, folder)
+        chunk_jobs = submit_tracked(ex, fn, [(item,) for item in chunk], tag, array=True,
+                                    found=track.found(tag) if track is not None else None)
+        if track is not None:
+            track.done(tag, chunk_jobs[0].job_id.split("_")[0])
         jobs += chunk_jobs
         if slurm.array_parallelism:
             after = [chunk_jobs[0].job_id.split("_")[0]]
     return jobs
+
+
+# ----------------------------------------------------------------------------- submission, recorded first
+#
+# A driver can be killed at any point, between sbatch and the ledger write too. So every submission
+# gets a unique tag, the job's --comment; the ledger records an intent under that tag before sbatch runs,
+# and the entry (with the job id sbatch answers) replaces it after. A later submitter that finds an
+# intent looks the tag up in squeue and sacct (reconcile): a job found is adopted as if recorded; an
+# intent whose job never reached the controller is dropped. Three things make "never reached" certain:
+# sbatch runs under a guard that kills it when the submitting process dies (PR_SET_PDEATHSIG) or after
+# SUBMIT_TIMEOUT_S, the ledger lock is held from intent to entry (whoever holds it next, the submitter
+# is gone), and the lookup waits INTENT_GRACE_S for a request already sent to be answered. The job's
+# pickles are written under the tag before sbatch and moved to submitit's job-id names after it; the
+# job's own script moves them too when the submitter died before doing it.
+
+SUBMIT_TIMEOUT_S = int(os.environ.get("VIP_SBATCH_TIMEOUT_S") or 180)  # sbatch is killed after this long
+INTENT_GRACE_S = float(os.environ.get("VIP_INTENT_GRACE_S") or 10)  # ~MessageTimeout: a sent request's answer
+_PDEATHSIG = sys.platform.startswith("linux")
+
+_GUARD = """\
+import ctypes, os, signal, sys
+parent, limit = int(sys.argv[1]), int(sys.argv[2])
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG: die with the submitter
+except Exception:
+    pass
+if os.getppid() != parent:
+    sys.exit("vip: the submitting process is gone; not submitting")
+signal.alarm(limit)  # kept across exec: sbatch cannot outlive SUBMIT_TIMEOUT_S
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+def new_tag(prefix: str) -> str:
+    """A unique submission tag: a prefix (a Tracker's: the run's config hash, the stage and the step; else
+    the job name) and a random part."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{prefix}.{uuid.uuid4().hex[:16]}")
+
+
+def _staged(folder: Path, tag: str, index: int | str) -> str:
+    return str(folder / f".vip-staged-{tag}-{index}.pkl")
+
+
+def sbatch_text(inner, tag: str, count: int | None) -> str:
+    """The sbatch script of one tracked submission (count: array size, None for a single job): the tag
+    as --comment, and a setup line that moves the job's pickle into place if the submitter could not."""
+    from submitit.core.utils import JobPaths
+
+    params = dict(inner.parameters)
+    if count is not None:
+        params["map_count"] = count
+    extra = dict(params.get("additional_parameters") or {})
+    if "comment" in extra:  # slurm.extra has its own --comment: the tag goes first
+        extra["comment"] = f"{tag};{extra['comment']}"
+        params["additional_parameters"] = extra
+    else:
+        params["comment"] = tag
+    folder = JobPaths.get_first_id_independent_folder(inner.folder)
+    f = shlex.quote(str(folder))
+    heal = ('_vip_id="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}"; '
+            '_vip_id="${_vip_id:-$SLURM_JOB_ID}"; '
+            f'[ -e {f}/"${{_vip_id}}_submitted.pkl" ] || mv {f}/.vip-staged-{tag}-"${{SLURM_ARRAY_TASK_ID:-0}}".pkl '
+            f'{f}/"${{_vip_id}}_submitted.pkl" 2>/dev/null || true  # vip: the submitter was stopped after sbatch')
+    params["setup"] = [*params.get("setup", []), heal]
+    return submitit_slurm._make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder, **params)
+
+
+def place_pickles(folder: Path, tag: str, ids: Sequence[str]) -> None:
+    """Move the staged pickles of a submission to submitit's names for its job ids (those not moved yet)."""
+    from submitit.core.utils import JobPaths
+
+    staged_dir = JobPaths.get_first_id_independent_folder(folder)
+    for a, job_id in enumerate(ids):
+        src = Path(_staged(staged_dir, tag, a))
+        dst = JobPaths(folder, job_id=job_id).submitted_pickle
+        try:
+            if not dst.exists():
+                os.replace(src, dst)
+        except FileNotFoundError:
+            pass  # the job's own script moved it first
+
+
+def _discard_staged(folder: Path, tag: str) -> None:
+    from submitit.core.utils import JobPaths
+
+    staged_dir = JobPaths.get_first_id_independent_folder(folder)
+    for path in [*staged_dir.glob(f".vip-staged-{tag}-*.pkl"), staged_dir / f".submission_file_{tag}.sh"]:
+        path.unlink(missing_ok=True)
+
+
+def _run_sbatch(ex: submitit.AutoExecutor, script: Path) -> str:
+    """sbatch <script> under the guard; returns the job id, or raises SlurmError naming the command."""
+    exe = shutil.which("sbatch")
+    if exe is None:
+        raise SlurmError("'sbatch' is not on PATH: --executor slurm (runtime.executor=slurm) needs the Slurm "
+                         "client commands; run on a Slurm login node, or here with --executor local")
+    r = subprocess.run([sys.executable, "-I", "-c", _GUARD, str(os.getpid()), str(SUBMIT_TIMEOUT_S), exe, str(script)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        said = r.stderr or r.stdout
+        if r.returncode == -signal.SIGALRM:
+            said = f"no answer in {SUBMIT_TIMEOUT_S}s (killed; VIP_SBATCH_TIMEOUT_S)"
+        raise _sbatch_failure(ex, said)
+    m = re.search(r"job (\d+)", r.stdout)
+    if m is None:
+        raise _sbatch_failure(ex, f"could not read a job id in its answer {r.stdout.strip()[:200]!r}")
+    return m.group(1)
+
+
+def submit_tracked(ex: submitit.AutoExecutor, fn: Callable, calls: Sequence[tuple], tag: str, array: bool,
+                   found: Callable[[SlurmError], str | None] | None = None) -> list[submitit.Job]:
+    """Submit fn(*args) for every args of `calls` as one job array (array=True) or fn() as one job, with
+    `tag` as its --comment. `found`: asked when sbatch fails, returns the job id if the job exists anyway."""
+    from submitit.core.utils import DelayedSubmission, JobPaths
+    from submitit.slurm.slurm import SlurmJob
+
+    inner = ex._executor
+    staged_dir = JobPaths.get_first_id_independent_folder(inner.folder)
+    staged_dir.mkdir(parents=True, exist_ok=True)
+    timeout_min = inner.parameters.get("time", 5)
+    for a, args in enumerate(calls):
+        delayed = DelayedSubmission(fn, *args)
+        delayed.set_timeout(timeout_min, inner.max_num_timeout)
+        delayed.dump(_staged(staged_dir, tag, a))
+    script = staged_dir / f".submission_file_{tag}.sh"
+    script.write_text(sbatch_text(inner, tag, len(calls) if array else None))
+    try:
+        job_id = _run_sbatch(ex, script)
+    except SlurmError as err:
+        job_id = found(err) if found is not None else None
+        if job_id is None:
+            _discard_staged(inner.folder, tag)
+            raise
+    ids = [f"{job_id}_{a}" for a in range(len(calls))] if array else [job_id]
+    place_pickles(inner.folder, tag, ids)
+    JobPaths(inner.folder, job_id=job_id).move_temporary_file(script, "submission_file", keep_as_symlink=True)
+    tasks = list(range(inner._num_tasks()))
+    return [SlurmJob(folder=inner.folder, job_id=i, tasks=tasks) for i in ids]
+
+
+def tagged_jobs(tag: str, since: float | None = None) -> dict[str, str]:
+    """Element id -> state of the jobs whose --comment is `tag`: from squeue (the jobs the controller
+    knows), else sacct (where it stores comments). Raises SlurmError when squeue fails."""
+    out: dict[str, str] = {}
+    for line in _run(["squeue", "-h", "-r", "--me", "-t", "all", "-o", "%i|%T|%k"]).splitlines():
+        jid, _, rest = line.strip().partition("|")
+        state, _, comment = rest.partition("|")
+        if comment.strip().split(";", 1)[0] == tag:
+            out.update({e: state.strip() for e in expand_ids(jid)})
+    if out:
+        return out
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime((since or time.time()) - 120))
+    try:
+        text = _run(["sacct", "-n", "-X", "-P", "-S", start, "-o", "JobID,State,Comment"])
+    except SlurmError:
+        return out
+    for line in text.splitlines():
+        jid, _, rest = line.strip().partition("|")
+        state, _, comment = rest.partition("|")
+        if comment.strip().split(";", 1)[0] == tag:
+            out.update({e: state.split(" ")[0] for e in expand_ids(jid)})
+    return out
+
+
+class Tracker:
+    """Records a step's submissions in its ledger: the intent before sbatch, the entry after (under the
+    ledger's lock, which the caller holds)."""
+
+    def __init__(self, ledger: Ledger, ctx: StageContext, step: str):
+        self.ledger, self.step = ledger, step
+        self.prefix = f"vip-{ctx.cfg.hash()[:12]}-s{ctx.stage}-{step}"
+        self.intent: dict = {}
+
+    def begin(self, tag: str, kind: str, tasks: list, depends_on: Sequence[str], folder: Path, **more) -> None:
+        self.intent = {"tag": tag, "kind": kind, "tasks": list(tasks), "depends_on": list(depends_on),
+                       "log_dir": str(folder), "host": socket.gethostname(), "pid": os.getpid(),
+                       "pdeathsig": _PDEATHSIG, **more}
+        self.ledger.add_intent(self.step, self.intent)
+
+    def found(self, tag: str) -> Callable[[SlurmError], str | None]:
+        """After a failed sbatch: the job if it exists all the same; if not, the intent is dropped unless
+        sbatch may still have reached the controller (it timed out): then the next submitter decides."""
+        def look(err: SlurmError) -> str | None:
+            try:
+                elements = tagged_jobs(tag, self.intent.get("time"))
+            except SlurmError:
+                return None
+            if elements:
+                return next(iter(elements)).split("_")[0]
+            if not any(w in str(err).lower() for w in ("timed out", "no answer in", "timeout")):
+                self.ledger.drop_intent(tag)
+            return None
+        return look
+
+    def done(self, tag: str, job_id: str) -> dict:
+        entry = entry_for(self.intent, job_id)
+        self.ledger.add(self.step, entry, resolves=tag)
+        return entry
+
+
+def entry_for(intent: dict, job_id: str) -> dict:
+    """The ledger entry of an intent's job (what the submitter would have written)."""
+    kind, tasks = intent["kind"], intent["tasks"]
+    entry: dict = {"job_id": job_id, "kind": kind}
+    if kind == "array":
+        entry["elements"] = {f"{job_id}_{a}": t for a, t in enumerate(tasks)}
+    elif kind == "packed":
+        entry.update(elements={job_id: None}, tasks=tasks, ranks=intent["ranks"])
+    else:
+        entry["elements"] = {job_id: None}
+    entry.update(depends_on=intent["depends_on"], log_dir=intent["log_dir"], tag=intent["tag"])
+    return entry
+
+
+def reconcile(ledger: Ledger, step: str) -> list[dict]:
+    """Resolve the step's intents left by a submitter that was stopped (call under `ledger.lock()`): a job
+    found under the tag is adopted (its ledger entry written, its pickles put in place) and returned; an
+    intent whose job never reached the controller is dropped. Raises SlurmError when squeue fails."""
+    adopted = []
+    for intent in ledger.intents(step):
+        tag = intent["tag"]
+        now = time.time()
+        settled = intent.get("time", 0) + SUBMIT_TIMEOUT_S + INTENT_GRACE_S  # no sbatch of it can be alive
+        deadline = now + INTENT_GRACE_S if intent.get("pdeathsig") else max(now + INTENT_GRACE_S, settled)
+        if now > settled:
+            deadline = now
+        while True:
+            elements = tagged_jobs(tag, intent.get("time"))
+            if elements or time.time() >= deadline:
+                break
+            time.sleep(1)
+        if not elements:
+            _discard_staged(Path(intent["log_dir"]), tag)
+            ledger.drop_intent(tag)
+            ledger.record_event(step, {"event": "not_submitted", "tag": tag, "job_id": tag,
+                                       "tasks": intent["tasks"], "reason": "its submitter was stopped before "
+                                       "sbatch reached the controller"})
+            continue
+        job_id = sorted(elements, key=lambda e: int(e.split("_")[1]) if "_" in e else 0)[0].split("_")[0]
+        entry = {**entry_for(intent, job_id), "adopted": True}
+        ids = list(entry["elements"]) if intent["kind"] == "array" else [job_id]
+        place_pickles(Path(intent["log_dir"]), tag, ids)
+        ledger.add(step, entry, resolves=tag)
+        adopted.append(entry)
+    return adopted
+
+
+def reconcile_step(ctx: StageContext, step: str) -> list[dict]:
+    """reconcile() of one step of a stage, under its ledger's lock; [] at once when nothing is pending."""
+    ledger = ledger_for(ctx)
+    if not ledger.intents(step):
+        return []
+    with ledger.lock():
+        return reconcile(ledger, step)
 
 
 # ----------------------------------------------------------------------------- what runs on the nodes
@@ -424,6 +680,15 @@ def _element_id() -> str:
 
 class RequeueLimitError(RuntimeError):
     pass
+
+
+def own_state() -> str:
+    """This job's state as the controller has it (CANCELLED once a user's scancel went through), or ''."""
+    try:
+        m = re.search(r"\bJobState=(\S+)", _run(["scontrol", "show", "job", "-o", _element_id()], timeout=30))
+    except SlurmError:
+        return ""
+    return m.group(1) if m else ""
 
 
 class _OnNode(Checkpointable):
@@ -459,10 +724,15 @@ class _OnNode(Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
     def _requeue_self(self) -> bool:
-        """The work asked to run again (it saved a checkpoint): requeue this job unless over the limit."""
+        """The work asked to run again (it saved a checkpoint): requeue this job unless over the limit,
+        or unless a user cancelled it meanwhile (Slurm says CANCELLED: a cancel is never undone)."""
         n = _restarts()
         if n + 1 > self.cfg.slurm.max_requeues:
             self._ledger().record_event(self.step, {"event": "gave_up", "job_id": _element_id(), "restart": n})
+            return False
+        if own_state() == "CANCELLED":
+            self._ledger().record_event(self.step, {"event": "stopped", "job_id": _element_id(), "restart": n,
+                                                    "reason": "cancelled while it asked for a requeue"})
             return False
         self._ledger().record_event(self.step, {"event": "requeue", "job_id": _element_id(), "restart": n})
         subprocess.run(["scontrol", "requeue", _element_id()], check=True, timeout=60)
@@ -581,20 +851,15 @@ def submit_array(ctx: StageContext, step: str, indices: Sequence[int] | None = N
     spec = spec or ARRAY_STEPS[step]
     ledger = ledger_for(ctx)
     with ledger.lock():
+        reconcile(ledger, step)  # a submission a stopped driver did not record: adopted, not repeated
         todo = _unqueued(ctx, ledger, step, spec, indices)
         if not todo:
             return []
         folder = log_dir(ctx, step)
         task = ArrayTask(step, str(ctx.run.path), ctx.cfg, ctx.stage, custom)
         jobs = map_array(folder, task, todo, ctx.cfg.slurm, job_name(ctx.cfg, ctx.stage, step), depends_on,
-                         kind=spec.kind)
-        ids: dict[str, dict[str, int]] = {}
-        for job, i in zip(jobs, todo):
-            ids.setdefault(job.job_id.split("_")[0], {})[job.job_id] = i
-        for jid, elements in ids.items():
-            ledger.add(step, {"job_id": jid, "kind": "array", "elements": elements, "depends_on": list(depends_on),
-                              "log_dir": str(folder)})
-    return list(ids)
+                         kind=spec.kind, track=Tracker(ledger, ctx, step))
+    return list(dict.fromkeys(job.job_id.split("_")[0] for job in jobs))
 
 
 def _unqueued(ctx: StageContext, ledger, step: str, spec: ArrayStep, indices: Sequence[int] | None) -> list[int]:
@@ -612,17 +877,21 @@ def submit_packed(ctx: StageContext, step: str, indices: Sequence[int] | None = 
     spec = spec or ARRAY_STEPS[step]
     ledger = ledger_for(ctx)
     with ledger.lock():
+        reconcile(ledger, step)
         todo = _unqueued(ctx, ledger, step, spec, indices)
         if not todo:
             return []
         ranks = packed_ranks(ctx.cfg.slurm, len(todo))
         kind = "cpu_packed" if spec.kind == "cpu_array" else "packed"
         folder = log_dir(ctx, step)
-        ex = make_executor(folder, ctx.cfg.slurm, kind, job_name(ctx.cfg, ctx.stage, step), depends_on, ranks)
-        with _submitting(ex):
-            job = ex.submit(PackedJob(step, str(ctx.run.path), ctx.cfg, ctx.stage, todo, custom))
-        ledger.add(step, {"job_id": job.job_id, "kind": "packed", "elements": {job.job_id: None}, "tasks": todo,
-                          "ranks": ranks, "depends_on": list(depends_on), "log_dir": str(folder)})
+        name = job_name(ctx.cfg, ctx.stage, step)
+        ex = make_executor(folder, ctx.cfg.slurm, kind, name, depends_on, ranks)
+        track = Tracker(ledger, ctx, step)
+        tag = new_tag(track.prefix)
+        track.begin(tag, "packed", todo, depends_on, folder, ranks=ranks)
+        (job,) = submit_tracked(ex, PackedJob(step, str(ctx.run.path), ctx.cfg, ctx.stage, todo, custom), [()], tag,
+                                array=False, found=track.found(tag))
+        track.done(tag, job.job_id)
     return [job.job_id]
 
 
@@ -650,15 +919,19 @@ def submit_job(ctx: StageContext, step: str, fn: Callable[[StageContext], Any], 
         raise ValueError(f"submit_job kind must be cpu, gpu or train, got {kind!r}")
     ledger = ledger_for(ctx)
     with ledger.lock():
+        reconcile(ledger, step)
         queued = active_tasks(ledger, step)
         if queued:
             return sorted(queued.values())[0]
         folder = log_dir(ctx, step)
-        ex = make_executor(folder, ctx.cfg.slurm, kind, job_name(ctx.cfg, ctx.stage, step), depends_on)
-        with _submitting(ex):
-            job = ex.submit(StepJob(step, str(ctx.run.path), ctx.cfg, ctx.stage, fn))
-        ledger.add(step, {"job_id": job.job_id, "kind": kind, "elements": {job.job_id: None},
-                          "depends_on": list(depends_on), "log_dir": str(folder)})
+        name = job_name(ctx.cfg, ctx.stage, step)
+        ex = make_executor(folder, ctx.cfg.slurm, kind, name, depends_on)
+        track = Tracker(ledger, ctx, step)
+        tag = new_tag(track.prefix)
+        track.begin(tag, kind, [None], depends_on, folder)
+        (job,) = submit_tracked(ex, StepJob(step, str(ctx.run.path), ctx.cfg, ctx.stage, fn), [()], tag, array=False,
+                                found=track.found(tag))
+        track.done(tag, job.job_id)
     return job.job_id
 
 

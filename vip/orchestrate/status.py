@@ -17,22 +17,24 @@ def stage_status(run: RunDir, stage: int) -> list[tuple[str, str, str]]:
     d = run.stage(stage)
     rows = []
     planned = loo.read_plan(d)
-    row = _tasks_row("loo", d / "loo", planned)
+    row = _tasks_row("loo", d / "loo", planned, merged=d / "loo.h5")
     if planned and "adaptive" in planned:  # the task count grows round by round
         a = planned["adaptive"]
         state = "partial" if row[1] == "done" and loo.rounds_left(planned) else row[1]  # more rounds to plan
         row = (row[0], state, f"adaptive round {len(a['rounds'])} of at most {len(a['ends'])}, "
                               f"{len(a['rounds'][-1]['variants']) - 1} units in play; " + row[2])
     rows.append(row)
-    rows.append(("merge", "done" if (d / "loo.h5").is_file() else "missing", str(d / "loo.h5")))
+    merged = _h5_state(d / "loo.h5")
+    rows.append(("merge", merged, str(d / "loo.h5") + ("; unreadable: the merge runs again, from the shards"
+                                                       if merged == "damaged" else "")))
     sel = read_json(d / "selection.json")
     rows.append(("select", "done", f"chosen {', '.join(sel['chosen'])}") if sel else ("select", "missing", ""))
     rows.append(_filter_row(run))
     tgt = read_json(d / "target.json")
     rows.append(("target", "done", f"{', '.join(tgt['targets'])} (drop "
                  + ", ".join(f"{SHORT[a]} {tgt['drop'][a]:+.3f}" for a in ASPECTS) + ")") if tgt else ("target", "missing", ""))
-    rows.append(_tasks_row("pairs", d / "pairs", pairs.read_plan(d)))
     cur = read_json(d / "curation.json")
+    rows.append(_tasks_row("pairs", d / "pairs", pairs.read_plan(d), merged=d / "pairs.h5" if cur else None))
     rows.append(("curate", "done", f"kept {cur['kept']} of {cur['candidates']} pairs -> {d / 'pairs.h5'}")
                 if cur else ("curate", "missing", ""))
     rows.append(_train_row(d / "train"))
@@ -42,13 +44,48 @@ def stage_status(run: RunDir, stage: int) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _tasks_row(step: str, directory, planned: dict | None) -> tuple[str, str, str]:
+def _tasks_row(step: str, directory, planned: dict | None, merged=None) -> tuple[str, str, str]:
+    """A fanned-out step's row. `merged`: the file its shards were merged into (loo.h5, pairs.h5): once it
+    is readable, a shard damaged or removed later changes nothing (nothing reads or recomputes it), so
+    the state is "merged" and the detail names that shard, instead of a "partial" that is not true."""
     if planned is None:
         return (step, "not started", "")
     n = len(planned["tasks"])
-    missing = ShardSet(directory).missing(range(n))
+    shards = ShardSet(directory)
+    missing = shards.missing(range(n))
+    if missing and merged is not None and _h5_state(merged) == "done":
+        return (step, "merged", f"{n}/{n} tasks merged into {merged.name}; since then " + _shard_words(shards, missing)
+                + f": not needed, {merged.name} is complete and nothing will be recomputed")
     state = "done" if not missing else ("missing" if len(missing) == n else "partial")
     return (step, state, f"{n - len(missing)}/{n} tasks" + (f"; missing {missing[:8]}" if missing else ""))
+
+
+def _shard_words(shards: ShardSet, tasks: list[int]) -> str:
+    """'the shard of task 3 is damaged (.../task_00003.h5)', '... of tasks 1, 4 are removed (...)', both."""
+    damaged = [t for t in tasks if shards.shard(t).exists() or shards.marker(t).exists()]
+    removed = [t for t in tasks if t not in damaged]
+    parts = []
+    for which, word in ((damaged, "damaged"), (removed, "removed")):
+        if which:
+            names = ", ".join(str(shards.shard(t)) for t in which[:4]) + (", ..." if len(which) > 4 else "")
+            one = len(which) == 1
+            parts.append(f"the shard{'' if one else 's'} of task{'' if one else 's'} "
+                         f"{', '.join(map(str, which[:8]))}{', ...' if len(which) > 8 else ''} "
+                         f"{'is' if one else 'are'} {word} ({names})")
+    return " and ".join(parts)
+
+
+def _h5_state(path) -> str:
+    """done (an HDF5 file that opens), damaged (there but unreadable) or missing."""
+    import h5py
+
+    if not path.is_file():
+        return "missing"
+    try:
+        with h5py.File(path, "r"):
+            return "done"
+    except OSError:
+        return "damaged"
 
 
 def _filter_row(run: RunDir) -> tuple[str, str, str]:

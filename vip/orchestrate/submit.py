@@ -32,7 +32,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import submitit.slurm.slurm as submitit_slurm
 from filelock import FileLock, Timeout
 
 from vip.cli import fail_cleanly
@@ -110,13 +109,23 @@ def filter_merge_job(ctx: StageContext) -> None:
 
 def train_job(ctx: StageContext) -> int:
     """Every rank: ReDPO training in this process (RANK, WORLD_SIZE, ... set by the slurm layer).
-    Returns 75 after a signal and a checkpoint: the slurm layer then requeues the job."""
+    Returns 75 after USR1 / USR2 (preemption, time limit) and a checkpoint: the slurm layer then
+    requeues the job. After SIGTERM (a user's scancel) and a checkpoint: one error line, exit 2, no
+    requeue; the driver run again resumes from that checkpoint."""
     with fail_cleanly():
         if redpo_trainer.is_done(ctx.run, ctx.stage, ctx.cfg):
             print(f"stage {ctx.stage} train: already done", flush=True)
             return 0
         check_train_inputs(ctx)
-        return redpo_trainer.train(ctx.run, ctx.cfg, ctx.stage, progress=False)
+        code = redpo_trainer.train(ctx.run, ctx.cfg, ctx.stage, progress=False)
+        if code == redpo_trainer.EXIT_STOPPED:
+            if os.environ.get("RANK", "0") == "0":
+                slurm.ledger_for(ctx).record_event("train", {
+                    "event": "stopped", "job_id": os.environ.get("SLURM_JOB_ID", "local"), "signal": "TERM",
+                    "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0)})
+            raise IncompleteError(f"stage {ctx.stage} training stopped by SIGTERM (scancel) after saving a "
+                                  "checkpoint; not requeued: run the same jobs/stage.py command again to resume")
+        return code
 
 
 def continue_stage(until: int, ctx: StageContext) -> None:
@@ -292,8 +301,11 @@ class Submitter:
         returns the ids a dependent waits for."""
         ledger = slurm.ledger_for(ctx)
         packed = ctx.cfg.slurm.packed
+        adopted = slurm.reconcile_step(ctx, step)  # submitted by a driver stopped before it recorded them
         new = (slurm.submit_packed if packed else slurm.submit_array)(ctx, step)
         wait = slurm.queued_ids(ledger, step)
+        if adopted:
+            self.note(ctx, step, "queued", [e["job_id"] for e in adopted], adopted_detail(adopted))
         if new:
             entries = [e for e in ledger.entries(step) if e["job_id"] in new]
             if packed:
@@ -302,15 +314,16 @@ class Submitter:
             else:
                 detail = f"array, tasks {task_ranges(sorted(t for e in entries for t in e['elements'].values()))}"
             self.note(ctx, step, "submitted", new, detail)
-        elif wait:
+        elif wait and not adopted:
             self.note(ctx, step, "queued", wait, "pending or running already")
-        else:
+        elif not adopted:
             self.note(ctx, step, "done", detail="every task done")
         return wait
 
     def job(self, ctx: StageContext, step: str, kind: str, after: list[str], fn=None) -> list[str]:
         fn = fn or functools.partial(step_job, step)
         ledger = slurm.ledger_for(ctx)
+        adopted = slurm.reconcile_step(ctx, step)  # submitted by a driver stopped before it recorded it
         before = len(ledger.entries(step))
         job_id = slurm.submit_job(ctx, step, fn, kind=kind, depends_on=after)
         if len(ledger.entries(step)) > before:
@@ -318,8 +331,9 @@ class Submitter:
             return [job_id]
         known = recorded_deps(ledger, step, job_id)
         extra = [a for a in after if a not in known]
+        mine = [e for e in adopted if e["job_id"] == job_id]
         if not extra:
-            self.note(ctx, step, "queued", [job_id], "pending or running already")
+            self.note(ctx, step, "queued", [job_id], adopted_detail(mine) if mine else "pending or running already")
             return [job_id]
         return [self._rechain(ctx, step, kind, fn, job_id, known + extra, after)]
 
@@ -344,6 +358,12 @@ class Submitter:
         self.note(ctx, step, "resubmitted", [new], f"after {':'.join(after)}; cancelled {job_id}, which had "
                                                    "started on inputs being redone")
         return new
+
+
+def adopted_detail(entries: list[dict]) -> str:
+    tasks = sorted(t for e in entries for t in (e.get("tasks") or e["elements"].values()) if t is not None)
+    return ("adopted: submitted by a driver that was stopped before it recorded the job (tag "
+            + ", ".join(e["tag"] for e in entries) + ")" + (f"; tasks {task_ranges(tasks)}" if tasks else ""))
 
 
 def submit_stage(ctx: StageContext, until: int | None = None, sink: Submitter | None = None) -> list[Action]:
@@ -513,13 +533,11 @@ def _script(ctx: StageContext, step: str, kind: str, after: list[str], header: s
     folder = slurm.log_dir(ctx, step)
     ex = slurm.make_executor(folder, ctx.cfg.slurm, kind, slurm.job_name(ctx.cfg, ctx.stage, step), ranks=ranks)
     inner = ex._executor  # submitit's SlurmExecutor inside the AutoExecutor
-    params = dict(inner.parameters)
-    if kind == "array":
-        params["map_count"] = count
     if after:
-        params["additional_parameters"] = {**params.get("additional_parameters", {}),
-                                           "dependency": "afterany:" + ":".join(after)}
-    text = submitit_slurm._make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder, **params)
+        inner.parameters["additional_parameters"] = {**inner.parameters.get("additional_parameters", {}),
+                                                     "dependency": "afterany:" + ":".join(after)}
+    tag = f"vip-{ctx.cfg.hash()[:12]}-s{ctx.stage}-{step}.<unique-at-submission>"  # the job's --comment
+    text = slurm.sbatch_text(inner, tag, count if kind == "array" else None)
     return f"# ---- {header}\n{text}"
 
 

@@ -31,6 +31,11 @@ ROW_STEPS = {"loo": ("loo",), "select": ("select",), "filter": RUN_STEPS, "targe
 BAR = "{desc}: {n_fmt:>3}/{total_fmt:<3} |{bar}| {elapsed}{postfix}"
 CONTINUATIONS = {"continue": "plans pairs and submits the rest of the stage once target.json exists",
                  "next": "submits the next stage once this one's outcome exists"}
+# After a failure shows, the report waits this long for jobs still being stopped (COMPLETING: a cancel's
+# SIGTERM, KillWait before the SIGKILL) so that it names them too: a scancel of a whole run ends the
+# pending jobs at once but the running ones only after KillWait.
+SETTLE_S = 120
+STOPPING = {"COMPLETING", "STOPPED", "SIGNALING"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,13 @@ def failures(run: RunDir, cfg: Config, elements: list[Element], states: dict[str
             out.append(f"{el.label()}: job {el.element} {word}" + (f": {last}" if last else "")
                        + f"\n  log: {err}" + ("" if err.is_file() else " (not written: the job never started)"))
     return out
+
+
+def being_stopped(run: RunDir, cfg: Config, elements: list[Element], states: dict[str, str]) -> list[str]:
+    """The elements still being stopped (COMPLETING after a cancel or a crash) whose work is not done."""
+    return [f"{el.label()}: job {el.element} {states[el.element]} (being stopped)\n"
+            f"  log: {log_path(el.entry, el.element, failed=True, task=el.task)}"
+            for el in elements if states.get(el.element) in STOPPING and not work_done(run, cfg, el)]
 
 
 def _last_error(path: Path) -> str:
@@ -210,6 +222,7 @@ def wait_stages(run: RunDir, cfg: Config, first: int, last: int, poll: float = 3
     """Follow stages first..last until every outcome exists (0) or a job failed (1: which, and its log)."""
     bars = Bars(progress, stream)
     idle = 0
+    settle: float | None = None  # when the report stops waiting for jobs being stopped
     try:
         while True:
             current = next((n for n in range(first, last + 1) if not outcome.is_done(StageContext(run, cfg, n))), None)
@@ -226,6 +239,13 @@ def wait_stages(run: RunDir, cfg: Config, first: int, last: int, poll: float = 3
                 continue
             bars.show(current, progress_rows(run, cfg, current, elements, states))
             failed = failures(run, cfg, elements, states)
+            stopping = being_stopped(run, cfg, elements, states) if failed else []
+            if stopping:  # a cancel under way: name the jobs it stops too, once they have ended
+                settle = settle if settle is not None else time.monotonic() + SETTLE_S
+                if time.monotonic() < settle:
+                    time.sleep(poll)
+                    continue
+                failed = stopping + failed
             if failed:
                 bars.close()
                 print("a job failed:\n" + "\n".join(failed) + "\nfix the cause, then run the same command again: "
