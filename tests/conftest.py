@@ -70,16 +70,6 @@ def pytest_runtest_setup(item):
     pytest.skip(f"no Slurm cluster: {problem}")
 
 
-# --- Parallel runs (pytest -n 2, pytest-xdist with --dist loadgroup): the tests marked `slurm` share one
-# cluster whose 3 nodes they each expect to have to themselves, so they all go to one worker, one after
-# another; everything else is shared out. tryfirst: xdist reads the group in its own hook of this name.
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("slurm") is not None:
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-
-
 # --- No silent skip: under VIP_NO_SKIP=1 (.ci/run sets it) a test or test module that skips fails
 # instead, with its reason (what is missing) as the line. Only tests marked `gpu`, on a machine
 # without CUDA, may still skip: CI machines have none.

@@ -1,6 +1,6 @@
 import pytest
 
-from train_helpers import make_train_run
+from helpers.train import make_train_run
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from vip.steps.pairs import pairs_path, student_sha256
 from vip.store import RunDir, read_h5, write_h5
 
 from helpers.tiny_backbones import tiny_adapter, write_sd15
-from train_helpers import ROOT, train_env
+from helpers.train import ROOT, train_env
 
 UNITS = ["down_blocks.0.motion_modules.0", "mid_block.motion_modules.0", "up_blocks.1.motion_modules.1"]
 

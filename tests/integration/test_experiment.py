@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_helpers import ROOT, make_train_run
+from helpers.train import ROOT, make_train_run
 from vip import config as vip_config
 from vip.config import ConfigError
 from vip.experiments import tables

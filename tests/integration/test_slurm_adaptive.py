@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from slurm_helpers import cancel_jobs_named, make_ctx, wait_for
+from helpers.slurm import cancel_jobs_named, make_ctx, wait_for
 from vip.orchestrate import driver, submit
 from vip.orchestrate.ledger import Ledger
 from vip.steps import loo

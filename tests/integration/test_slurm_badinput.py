@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import SLURM, make_ctx, sh
-from test_stage_loop import ARGS
+from helpers.slurm import SLURM, make_ctx, sh
+from helpers.stage import ARGS
 from vip.orchestrate import slurm, submit
 from vip.orchestrate.ledger import Ledger
 from vip.store import RunDir

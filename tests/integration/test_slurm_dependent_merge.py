@@ -13,7 +13,7 @@ import sys
 import cloudpickle
 import pytest
 
-from slurm_helpers import make_ctx, sh
+from helpers.slurm import make_ctx, sh
 from vip.orchestrate import render, slurm, submit
 from vip.orchestrate.ledger import Ledger
 from vip.steps import loo, select
@@ -118,7 +118,7 @@ def test_rendered_select_after_a_failed_element_names_the_missing_task(stage, tm
     stub = tmp_path / "python"
     stub.write_text(STUB.replace("@PYTHON@", sys.executable))
     stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
-    from train_helpers import ROOT, train_env
+    from helpers.train import ROOT, train_env
 
     written = render.render(ctx.cfg, ctx.run, 1, ["loo", "select"], {"loo": 3}, python=str(stub), repo=ROOT)
     out = subprocess.run(["bash", str(written[-1])], capture_output=True, text=True, cwd=ROOT, timeout=60,

@@ -9,7 +9,7 @@ import cloudpickle
 import pytest
 import submitit
 
-from slurm_helpers import make_ctx, sh
+from helpers.slurm import make_ctx, sh
 from vip.orchestrate import slurm
 from vip.orchestrate.ledger import Ledger
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helpers.data import assert_variants_differ
-from slurm_helpers import held_job, make_ctx, sh
+from helpers.slurm import held_job, make_ctx, sh
 from vip.orchestrate import local, slurm
 from vip.orchestrate.ledger import Ledger
 from vip.steps import loo

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from helpers.data import assert_variants_differ
-from slurm_helpers import make_ctx, restart_count, sh, wait_for
+from helpers.slurm import make_ctx, restart_count, sh, wait_for
 from vip.orchestrate import local, render, slurm
 from vip.orchestrate.fanout import ARRAY_STEPS, ArrayStep
 from vip.orchestrate.ledger import Ledger

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import sh
+from helpers.slurm import sh
 from vip.orchestrate import slurm
 
 pytestmark = pytest.mark.slurm

@@ -9,7 +9,7 @@ import cloudpickle
 import pytest
 import submitit
 
-from slurm_helpers import make_ctx, restart_count, sh, wait_for
+from helpers.slurm import make_ctx, restart_count, sh, wait_for
 from vip.orchestrate import slurm
 from vip.orchestrate.ledger import Ledger
 

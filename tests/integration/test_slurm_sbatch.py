@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import SLURM, sh, wait_for
+from helpers.slurm import SLURM, sh, wait_for
 from vip import config
 from vip.orchestrate import render, slurm
 from vip.store import RunDir

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import SLURM, cancel_jobs_named, sh, wait_for
-from test_stage_loop import ARGS
+from helpers.slurm import SLURM, cancel_jobs_named, sh, wait_for
+from helpers.stage import ARGS
 from vip.orchestrate import slurm, submit
 from vip.orchestrate.ledger import Ledger
 from vip.rewards.base import ASPECTS

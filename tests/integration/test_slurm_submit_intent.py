@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import SLURM, cancel_jobs_named, sh, wait_for
+from helpers.slurm import SLURM, cancel_jobs_named, sh, wait_for
 from vip import config
 from vip.orchestrate import slurm
 from vip.orchestrate.ledger import Ledger

@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slurm_helpers import SLURM, sh, wait_for
-from train_helpers import ROOT, make_train_run, train_cmd, train_env
+from helpers.slurm import SLURM, sh, wait_for
+from helpers.train import ROOT, make_train_run, train_cmd, train_env
 from vip import config
 from vip.orchestrate import render, slurm, submit
 from vip.orchestrate.ledger import Ledger

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from train_helpers import train_env
+from helpers.train import train_env
 from vip import config
 from vip.store import RunDir
 
@@ -169,7 +169,7 @@ def test_a_run_directory_made_read_only_is_one_line(untrained_dir, entry):
     enter (pytest's are the owner's only)."""
     import tempfile
 
-    from train_helpers import make_train_run
+    from helpers.train import make_train_run
 
     base, home = Path(tempfile.mkdtemp(prefix="vip-ro-")), Path(tempfile.mkdtemp(prefix="vip-home-"))
     base.chmod(0o755)

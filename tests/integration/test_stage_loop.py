@@ -17,12 +17,9 @@ from vip.steps import loo
 from vip.store import read_h5, sha256_tree
 
 from helpers.paths import ROOT  # noqa: E402
+from helpers.stage import ARGS  # noqa: E402
+
 pytestmark = pytest.mark.slow
-ARGS = ["model.steps=4", "prompts.eval_count=6", "select.k=2", "loo.batch_size=6",
-        "loo.units=down_blocks.0.motion_modules.0,down_blocks.1.motion_modules.1,up_blocks.2.motion_modules.0,"
-        "mid_block.motion_modules.0,up_blocks.1.motion_modules.2",
-        "curate.max_prompts=8", "curate.seeds_per_prompt=2", "curate.samples_per_task=8",
-        "train.epochs=1", "train.batch_size=2", "train.min_pairs=2", "runtime.progress=false"]
 
 
 def _stages(run_dir, *extra):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_helpers import ROOT, run_training, train_cmd, train_env
+from helpers.train import ROOT, run_training, train_cmd, train_env
 from vip.train.metrics import read_metrics
 from vip.train.redpo_trainer import EXIT_REQUEUE, EXIT_STOPPED, final_path, train_dir
 

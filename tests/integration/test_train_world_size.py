@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from train_helpers import ROOT, run_training, train_env
+from helpers.train import ROOT, run_training, train_env
 from vip import config as vip_config
 from vip.steps.context import StageContext
 from vip.steps.pairs import pairs_path, student_sha256

@@ -30,7 +30,7 @@ from vip.steps.context import StageContext
 from vip.store import RunDir, read_h5, sha256_tree
 
 from helpers import tiny_backbones, tiny_rewards
-from train_helpers import ROOT, train_env
+from helpers.train import ROOT, train_env
 
 pytestmark = pytest.mark.slow
 
