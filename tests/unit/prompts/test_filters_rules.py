@@ -1,6 +1,6 @@
 """The prompt-set rules of vip/prompts/filters.py at their edges: every listed abbreviation, quoted and
 bracketed sentence ends, the masks' types on no prompts, the messages for empty sets, and the inputs
-the dynamic-degree metric refuses. Pure functions, no I/O (tests/unit/test_prompt_filter.py has the
+the dynamic-degree metric refuses. Pure functions, no I/O (tests/unit/prompts/test_filters.py has the
 paper's cases and the properties; these pin what mutation testing found unpinned, docs/testing.md)."""
 import numpy as np
 import pytest

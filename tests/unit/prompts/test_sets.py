@@ -57,3 +57,15 @@ def test_tabs_and_line_breaks_stay_in_a_prompt(tmp_path):
     (tmp_path / "p.csv").write_text('id,prompt\n1,"a cat\r\non a mat"\n')
     assert load_prompts(str(tmp_path / "p.jsonl")) == ["a cat\non a\tmat"]
     assert load_prompts(str(tmp_path / "p.csv")) == ["a cat\r\non a mat"]
+
+
+def test_prompt_file_extensions(tmp_path):
+    (tmp_path / "plain").write_text("a fox runs über the snow\n", encoding="utf-8")
+    assert load_prompts(str(tmp_path / "plain")) == ["a fox runs über the snow"]
+    (tmp_path / "p.yaml").write_text("- a dog\n")
+    with pytest.raises(ConfigError, match=r"unknown extension '\.yaml'.*expected \.txt") as e:
+        load_prompts(str(tmp_path / "p.yaml"), key="filter.source")
+    assert str(e.value).startswith("filter.source:") and "\n" not in str(e.value)
+    (tmp_path / "n.jsonl").write_text('{"prompt": 3}\n')
+    with pytest.raises(ConfigError, match="line 1 has no 'prompt' field holding text"):
+        load_prompts(str(tmp_path / "n.jsonl"))
