@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slurm
 
 def square(x):
     t0 = time.time()
-    time.sleep(1.5)
+    # long enough that two tasks overlap even when the scheduler's passes (every 2 s) come late on a loaded
+    # machine: tasks that each run alone all land on n1, and the spread below could not show
+    time.sleep(4.0)
     return {"x": x, "y": x * x, "node": os.environ.get("SLURMD_NODENAME"), "t0": t0, "t1": time.time(),
             "array": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")}
 

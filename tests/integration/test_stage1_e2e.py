@@ -13,6 +13,7 @@ from vip.store import read_h5
 
 from helpers.paths import ROOT  # noqa: E402
 pytestmark = pytest.mark.slow
+N = 6  # evaluation prompts
 
 
 def _stage(run_dir, *extra):
@@ -23,7 +24,9 @@ def _stage(run_dir, *extra):
 
 def test_stage1_on_shipped_teacher(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["prompts.eval_count=12", "model.steps=10", "loo.batch_size=12", "loo.units_per_task=6",
+    # every unit of the shipped teacher, on few prompts and sampler steps: the whole stage in a few minutes
+    # (at 12 prompts and 10 steps it took 12 of CI's minutes; tests/integration/test_stage_loop.py runs two)
+    args = [f"prompts.eval_count={N}", "model.steps=4", f"loo.batch_size={N}", "loo.units_per_task=8",
             "curate.max_prompts=4", "curate.seeds_per_prompt=2", "train.epochs=1", "train.batch_size=2", "train.min_pairs=1",
             "runtime.progress=false"]
     r = _stage(run_dir, *args)
@@ -33,7 +36,7 @@ def test_stage1_on_shipped_teacher(tmp_path):
 
     merged, attrs = read_h5(run_dir / "stage1" / "loo.h5")
     variants = merged["variants"].tolist()
-    assert merged["scores"].shape == (1 + len(units), 12, 4)
+    assert merged["scores"].shape == (1 + len(units), N, 4)
     assert sorted(variants[1:]) == sorted(units)
     assert np.all((merged["scores"] >= 1) & (merged["scores"] <= 4))
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def _stages(run_dir, *extra):
     return subprocess.run([sys.executable, str(ROOT / "jobs/stage.py"), "--stage", "1", "--until", "2",
                            "--run-dir", str(run_dir), *ARGS, *extra], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+                          env=dict(os.environ))  # under xdist: one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
