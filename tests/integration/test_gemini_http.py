@@ -19,20 +19,7 @@ from vip.steps import filter as step
 from vip.store import RunDir
 from vip.toyvid import world
 
-from helpers.gemini_server import KEY, FakeGemini, run_filter_job, score_of, serving
-
-
-@pytest.fixture
-def server():
-    with serving() as s:
-        yield s
-
-
-@pytest.fixture
-def key_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("GEMINI_API_KEY", KEY)
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    monkeypatch.setenv("VIP_CACHE_DIR", str(tmp_path / "cache"))
+from helpers.gemini_server import KEY, FakeGemini, run_filter_job, score_of
 
 
 def make_cfg(server: FakeGemini, tmp_path: Path, *extra: str) -> config.Config:

@@ -16,23 +16,10 @@ from vip.prompts.llm import UNPARSEABLE_REASKS, AnswerCache, GeminiBackend
 from vip.steps import filter as step
 from vip.store import RunDir, atomic_write_json, atomic_write_text
 
-from helpers.gemini_server import KEY, run_filter_job, score_of, serving
+from helpers.gemini_server import KEY, run_filter_job, score_of
 
 MODEL = "gemini-2.0-flash"
 GARBAGE = f"Sorry, I cannot score this prompt. (debug: {KEY})"  # no [RESULT]; holds the key, to see it redacted
-
-
-@pytest.fixture
-def server():
-    with serving() as s:
-        yield s
-
-
-@pytest.fixture
-def key_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("GEMINI_API_KEY", KEY)
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    monkeypatch.setenv("VIP_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def overrides(server, tmp_path: Path, *extra: str) -> list[str]:
