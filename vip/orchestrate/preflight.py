@@ -192,18 +192,13 @@ def check_student(ctx: StageContext) -> None:
 
 def is_done(ctx: StageContext, step: str) -> bool:
     """The command has nothing to write: its step (stage: the stage's outcome and the report) is done."""
-    from vip.steps import filter as prompt_filter
-    from vip.steps import loo, outcome, pairs, select, target
-    from vip.train import redpo_trainer
+    from vip.steps.done import step_done
+    from vip.steps import outcome
 
-    done = {"stage": lambda: outcome.is_done(ctx) and (ctx.run.path / "report.html").is_file(),
-            "loo": lambda: loo.is_done(ctx), "select": lambda: select.is_done(ctx),
-            "target": lambda: target.is_done(ctx), "pairs": lambda: pairs.is_done(ctx),
-            "curate": lambda: pairs.is_done(ctx), "outcome": lambda: outcome.is_done(ctx),
-            "filter": lambda: prompt_filter.is_done(ctx.run, ctx.cfg),
-            "train": lambda: redpo_trainer.is_done(ctx.run, ctx.stage, ctx.cfg)}.get(step)
     try:
-        return bool(done and done())
+        if step == "stage":
+            return outcome.is_done(ctx) and (ctx.run.path / "report.html").is_file()
+        return step_done(ctx, step)
     except (OSError, ValueError, KeyError):
         return False
 

@@ -43,6 +43,7 @@ from vip.prompts.sets import load_prompts
 from vip.steps import filter as prompt_filter
 from vip.steps import loo, outcome, pairs, select, target
 from vip.steps.context import StageContext
+from vip.steps.done import step_done
 from vip.store import IncompleteError, RunDir, atomic_write_json, read_json
 from vip.train import redpo_trainer
 from vip.train.data import Order
@@ -167,17 +168,6 @@ def require(ctx: StageContext, until: int, steps: tuple[str, ...]) -> None:
         raise IncompleteError(f"stage {ctx.stage} {step} did not finish{job}: not going on; fix the cause and run "
                               f"`python jobs/stage.py --stage {ctx.stage} --until {until} --executor slurm "
                               f"--run-dir {ctx.run.path}` again: it submits only what is missing")
-
-
-def step_done(ctx: StageContext, step: str) -> bool:
-    run, cfg = ctx.run, ctx.cfg
-    return {
-        "loo": lambda: loo.is_done(ctx), "loo_round": lambda: loo.is_done(ctx) or not loo.missing(ctx),
-        "select": lambda: select.is_done(ctx),
-        "filter": lambda: prompt_filter.is_done(run, cfg), "target": lambda: target.is_done(ctx),
-        "pairs": lambda: pairs.is_done(ctx), "curate": lambda: pairs.is_done(ctx),
-        "train": lambda: redpo_trainer.is_done(run, ctx.stage, cfg), "outcome": lambda: outcome.is_done(ctx),
-    }[step]()
 
 
 # ----------------------------------------------------------------------------- the driver's lock
