@@ -39,7 +39,7 @@ spec() {
     config) echo "vip/config.py|tests/unit/test_config.py|_coerce apply from_dict parse_value parse_override load reads_key validate_keys_read validate has_control_chars validate_slurm" ;;
     filters) echo "vip/prompts/filters.py|tests/unit/prompts/test_filters_rules.py tests/unit/prompts/test_filters.py::test_words_drop_articles_and_punctuation tests/unit/prompts/test_filters.py::test_single_sentence tests/unit/prompts/test_filters.py::test_text_alignment_word_bounds_are_inclusive tests/unit/prompts/test_filters.py::test_text_alignment_rejects_two_sentences_of_the_right_length tests/unit/prompts/test_filters.py::test_sets_follow_the_rules tests/unit/prompts/test_filters.py::test_set_properties tests/unit/prompts/test_filters.py::test_histogram_counts_unparseable tests/unit/prompts/test_filters.py::test_dynamic_degree_metric_by_hand tests/unit/prompts/test_filters.py::test_dynamic_degree_metric_properties|*" ;;
     llm) echo "vip/prompts/llm.py|tests/unit/prompts/test_llm_parsing.py tests/unit/prompts/test_llm_backoff.py|backoff_delay AnswerCache.get_many AnswerCache.put GeminiBackend._sleep_before_retry GeminiBackend.ask GeminiBackend._ask_all" ;;
-    adaptive) echo "vip/perf/adaptive.py|tests/unit/perf/test_adaptive.py|schedule intervals settled_out still_in_play adaptive_loo from_table" ;;
+    adaptive) echo "vip/steps/loo/adaptive.py|tests/unit/steps/loo/test_adaptive.py|schedule intervals settled_out still_in_play adaptive_loo from_table" ;;
     *) return 1 ;;
   esac
 }

@@ -72,11 +72,11 @@ class LooConfig:
     units_per_task: int = 4  # one task loads the model once and evaluates this many variants
     prompts_per_task: int = 0  # 0 = all evaluation prompts in one task
     batch_size: int = 16
-    # plain: one batch per variant (units toggled in place). batched: vip.perf.fast_loo, gated units so
+    # plain: one batch per variant (units toggled in place). batched: vip.steps.loo.engine, gated units so
     # (variant, prompt) jobs of several variants share a batch and one compiled graph serves them all.
     engine: str = "plain"
     compile: bool = False  # engine=batched: torch.compile the gated denoiser once per task (CUDA)
-    # Adaptive (vip.perf.adaptive): rounds of adaptive_first, then doubling, samples; a unit whose place
+    # Adaptive (vip.steps.loo.adaptive): rounds of adaptive_first, then doubling, samples; a unit whose place
     # in both rankings is settled (confidence bounds at adaptive_z) is not evaluated further. Off until
     # it is shown safe on more runs (docs/decisions.md).
     adaptive: bool = False
@@ -145,7 +145,7 @@ class TrainConfig:
     # backbone = the loader's choice (AnimateDiff: diffusers' ResNets only; Wan: every block) | every_block
     # (AnimateDiff: ResNets, attentions and motion modules; 16 pairs of 16x256x256 fit in 47 GB) | none
     checkpointing: str = "backbone"
-    compile: bool = False  # regional torch.compile of policy, teacher and reference (vip/perf/regions.py)
+    compile: bool = False  # regional torch.compile of policy, teacher and reference (vip/train/regions.py)
     nprocs: int = 1  # processes per node when jobs/stage.py launches training itself (not in the config hash)
 
 

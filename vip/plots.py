@@ -84,7 +84,7 @@ KIND_COLOURS = {"convolution": "#4c72b0", "matmul": "#55a868", "attention": "#c4
 
 
 def time_by_kind_chart(rows: list[tuple[str, dict]], path: Path, title: str = "") -> Path:
-    """One horizontal bar per configuration: milliseconds by kernel kind (vip/perf/breakdown.py),
+    """One horizontal bar per configuration: milliseconds by kernel kind (vip/bench/breakdown.py),
     each wide enough segment labelled with that kind's FLOP rate as a share of peak."""
     fig, ax = plt.subplots(figsize=(11, 0.6 * len(rows) + 2.0))
     y = np.arange(len(rows))[::-1]

@@ -3,7 +3,7 @@ the intersection of the top of two rankings, by total score and by temporal cons
 whose removal inflates dynamic degree while breaking consistency is not chosen.
 
 A pure rule, like vip/curation.py and vip/redpo.py: below every step that uses it (vip/steps/select.py
-writes its result, vip/steps/loo.py names the variants it scores, vip/perf/adaptive.py replays it)."""
+writes its result, vip/steps/loo/__init__.py names the variants it scores, vip/steps/loo/adaptive.py replays it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,5 @@
 """loo.adaptive=true in the stage: rounds of growing sample sets, planned one after another by the
-driver, give exactly what the offline rule (vip.perf.adaptive) gives when replayed on the exhaustive
+driver, give exactly what the offline rule (vip.steps.loo.adaptive) gives when replayed on the exhaustive
 table of the same model: the same units in play per round, the same cells scored, the same choice."""
 import json
 
@@ -9,7 +9,7 @@ import pytest
 from vip import config
 from vip.orchestrate import driver
 from vip.orchestrate.status import stage_status
-from vip.perf.adaptive import adaptive_loo, from_table
+from vip.steps.loo.adaptive import adaptive_loo, from_table
 from vip.report.build import write_report
 from vip.steps import loo
 from vip.store import IncompleteError, RunDir, read_h5

@@ -99,7 +99,7 @@ def test_a_task_stopped_mid_way_resumes_after_the_variants_it_finished(ctx, monk
         calls.append(tuple(units_off))
         return real(c, units_off, lo, hi)
 
-    monkeypatch.setattr(loo, "evaluate", counting)
+    monkeypatch.setattr(loo.tasks, "evaluate", counting)  # where run_task looks it up
 
     class Preempted(Exception):
         pass

@@ -1,5 +1,6 @@
 """The package's layout rules, read from its source: no import cycles in vip/ (imports inside functions
-count: they hide a cycle, they do not remove it), and no Slurm executor outside vip/orchestrate/."""
+count: they hide a cycle, they do not remove it), no Slurm executor outside vip/orchestrate/, and no product
+module importing the benchmarks (vip/bench/)."""
 import ast
 import os
 import subprocess
@@ -90,3 +91,12 @@ def test_nothing_outside_orchestrate_imports_submitit_or_the_slurm_executor():
     r = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_no_product_module_imports_the_benchmarks():
+    g = graph()
+    assert any(d.startswith("vip.steps.loo") for d in g["vip.bench.gpu"])  # the benchmarks do import the product
+    offenders = sorted(m for m, deps in g.items() if not m.startswith("vip.bench")
+                       and any(d == "vip.bench" or d.startswith("vip.bench.") for d in deps))
+    assert offenders == []
+

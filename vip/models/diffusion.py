@@ -213,7 +213,7 @@ class DiffusionVideoModel(VideoModel):
                 guidance: float | None = None, denoiser=None) -> torch.Tensor:
         """The sampling loop on encoded conditioning (text [B, ...], uncond likewise or None without
         guidance); both CFG branches in one forward. `denoiser` stands in for the model's own (the
-        gated, compiled one of vip.perf.fast_loo)."""
+        gated, compiled one of vip.steps.loo.engine)."""
         steps = steps or self.meta.get("steps", 10)
         guidance = self.meta.get("guidance", 1.0) if guidance is None else guidance
         sched = copy.deepcopy(self.scheduler)  # set_timesteps and multistep solvers mutate it

@@ -424,7 +424,7 @@ def adaptive_round_open(ctx: StageContext) -> tuple[int, int] | None:
         return None
     planned = loo.read_plan(ctx.dir)
     if planned is None:  # dry run before planning: round 1 of the schedule
-        from vip.perf.adaptive import schedule
+        from vip.steps.loo.adaptive import schedule
 
         return 1, len(schedule(len(ctx.eval_set.prompts), ctx.cfg.loo.adaptive_first))
     if not loo.rounds_left(planned):
@@ -541,7 +541,7 @@ def _tasks_to_do(ctx: StageContext, step: str) -> list[int]:
         variants = 1 + len(loo.units_to_evaluate(ctx))
         n = len(ctx.eval_set.prompts)
         if cfg.loo.adaptive:  # the first round only
-            from vip.perf.adaptive import schedule
+            from vip.steps.loo.adaptive import schedule
 
             n = schedule(n, cfg.loo.adaptive_first)[0]
         per = cfg.loo.prompts_per_task or n

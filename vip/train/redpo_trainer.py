@@ -36,9 +36,9 @@ import torch.distributed as tdist
 from tqdm import tqdm
 
 from vip.config import Config, ConfigError, TrainConfig
-from vip.perf.checkpointing import set_checkpointing
-from vip.perf.regions import compile_regions
-from vip.perf.short_attention import use_short_attention
+from vip.train.checkpointing import set_checkpointing
+from vip.train.regions import compile_regions
+from vip.models.short_attention import use_short_attention
 from vip.redpo import pair_loss
 from vip.steps.context import StageContext
 from vip.steps.pairs import pairs_path, student_sha256

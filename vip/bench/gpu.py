@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from vip.models.motion_unet import SkippedUnit
-from vip.perf import real_configs
-from vip.perf.checkpointing import checkpoint_every_block, undo
-from vip.perf.fast_loo import FULL, FastLoo, FastLooOptions
-from vip.perf.flops import count_flops, mfu, peak_flops
-from vip.perf.regions import compile_regions, uncompile_regions
-from vip.perf.standin_reward import StandInReward
+from vip.bench import real_configs
+from vip.train.checkpointing import checkpoint_every_block, undo
+from vip.steps.loo.engine import FULL, FastLoo, FastLooOptions
+from vip.bench.flops import count_flops, mfu, peak_flops
+from vip.train.regions import compile_regions, uncompile_regions
+from vip.bench.standin_reward import StandInReward
 
 PROMPTS = ["a red circle moving left on a black background", "a blue square moving right on a black background",
            "a green triangle moving up on a white background", "a yellow circle moving down on a black background"]
@@ -130,7 +130,7 @@ def bench_denoiser(fl: FastLoo, batch: int, tflop_per_sample: float, iters: int 
 
 def sweep_denoiser(fl: FastLoo, batch: int, tflop_per_sample: float, levers: list, iters: int = 10,
                    profile: bool = False, on_row=None) -> list[dict]:
-    """The gated denoiser of an open eager engine at this batch under each Levers (vip/perf/levers.py)."""
+    """The gated denoiser of an open eager engine at this batch under each Levers (vip/bench/levers.py)."""
     model = fl.model
     fl.gates.set([[]] * batch, model.device)
     x, t, text = denoiser_inputs(model, batch)
@@ -144,8 +144,8 @@ def sweep(module, call, batch: int, tflop_per_sample: float, levers: list, iters
           profile: bool = False, on_row=None) -> list[dict]:
     """`call(den)` gives a no-argument forward through den (module, or what a lever wraps it in);
     each Levers is applied to module in turn, on the same weights and inputs, and timed; with
-    `profile`, where each one's time goes (vip/perf/breakdown.py)."""
-    from vip.perf import breakdown, levers as lvs
+    `profile`, where each one's time goes (vip/bench/breakdown.py)."""
+    from vip.bench import breakdown, levers as lvs
 
     dev = next(module.parameters()).device
     cuda = dev.type == "cuda"
@@ -182,10 +182,10 @@ def sweep(module, call, batch: int, tflop_per_sample: float, levers: list, iters
 
 def bench_backbone(name: str, shape: Shape, batch: int, levers: list, iters: int, device: str,
                    profile: bool = False, on_row=None) -> dict:
-    """Wan2.1 1.3B or VideoCrafter2 (vip/perf/backbones.py): the denoiser as a pipeline call runs
+    """Wan2.1 1.3B or VideoCrafter2 (vip/bench/backbones.py): the denoiser as a pipeline call runs
     it (eager, batch 2: one prompt with CFG) against each lever at `batch`, all in bf16 on a GPU."""
-    from vip.perf import backbones
-    from vip.perf.levers import Levers
+    from vip.bench import backbones
+    from vip.bench.levers import Levers
 
     cuda = torch.device(device).type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -326,7 +326,7 @@ def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool,
         checkpoint_every_block(policy)
     short = []
     if c.get("short_attention"):
-        from vip.perf.short_attention import use_short_attention
+        from vip.models.short_attention import use_short_attention
         short = use_short_attention(policy) + use_short_attention(teacher)
     if c.get("compile"):
         backend = c["compile"] if isinstance(c["compile"], str) else "inductor"
@@ -394,12 +394,12 @@ def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool,
         sync(device)
         first = time.perf_counter() - t0
         if count:
-            from vip.perf.breakdown import flops_by_kind
+            from vip.bench.breakdown import flops_by_kind
             fpp = {k: v / b for k, v in flops_by_kind(step).items()}
         s = median_time(step, steps, 1, device)
         row = {"pairs_per_s": b / s, "s_per_step": s, "peak_gb": peak_mem_gb(device)}
         if c.get("profile"):  # model FLOPs by kind (recomputation is not counted), never counted on compiled code
-            from vip.perf.breakdown import breakdown
+            from vip.bench.breakdown import breakdown
             per_pair = fpp or kinds_per_pair
             row["breakdown"] = breakdown(step, cuda, peak_flops()[1] if cuda else None,
                                          flops=None if per_pair is None else {k: v * b for k, v in per_pair.items()})
@@ -417,7 +417,7 @@ def _redpo_one(model, teacher, c: dict, steps: int, device: str, count: bool,
         uncompile_regions(policy)
         uncompile_regions(teacher)
     if short:
-        from vip.perf.short_attention import restore
+        from vip.models.short_attention import restore
         restore(short)
     undo(policy)
     policy.eval().requires_grad_(False)

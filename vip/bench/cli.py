@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): print figures for docs/benchmarks.md.
+"""Benchmarks (not tests): print figures for docs/benchmarks.md (`python -m vip.bench <what>`).
 
     python -m vip.bench loo --config configs/toyvid.yaml [--variants 5] [section.key=value ...]
     python -m vip.bench train --config configs/toyvid.yaml [--steps 10] [section.key=value ...]
@@ -216,9 +216,9 @@ def _dump(args, result: dict) -> None:
 
 
 def bench_gpu_loo(args) -> dict:
-    from vip.perf import gpu_bench
-    from vip.perf.fast_loo import FastLoo, FastLooOptions
-    from vip.perf.standin_reward import StandInReward
+    from vip.bench import gpu as gpu_bench
+    from vip.steps.loo.engine import FastLoo, FastLooOptions
+    from vip.bench.standin_reward import StandInReward
 
     shape = gpu_bench.Shape(args.frames, args.size, args.size, args.steps, args.guidance, args.scale)
     model, parts = gpu_bench.build(shape, args.device)
@@ -255,7 +255,7 @@ def bench_gpu_loo(args) -> dict:
     return result
 
 
-DENOISER_LEVERS = [  # name:key=value,...  (vip/perf/levers.py); each row adds to or swaps one of the above
+DENOISER_LEVERS = [  # name:key=value,...  (vip/bench/levers.py); each row adds to or swaps one of the above
     "eager bf16 channels-last", "+ cudnn autotune:cudnn_benchmark=1",
     "+ flash attention:cudnn_benchmark=1,attention=flash",
     "+ mem-efficient attention:cudnn_benchmark=1,attention=efficient",
@@ -268,9 +268,9 @@ DENOISER_LEVERS = [  # name:key=value,...  (vip/perf/levers.py); each row adds t
 
 def bench_gpu_denoiser(args) -> list:
     """The denoiser's levers one by one on the same weights and batch, with where the time goes."""
-    from vip.perf import gpu_bench, levers
-    from vip.perf.fast_loo import FastLoo, FastLooOptions
-    from vip.perf.standin_reward import StandInReward
+    from vip.bench import gpu as gpu_bench, levers
+    from vip.steps.loo.engine import FastLoo, FastLooOptions
+    from vip.bench.standin_reward import StandInReward
 
     shape = gpu_bench.Shape(args.frames, args.size, args.size, args.steps, args.guidance, args.scale)
     if args.backbone != "animatediff":
@@ -307,7 +307,7 @@ def _lever_line(r: dict) -> str:
 
 def _show_row(line: str, r: dict) -> None:
     """A result line as it comes, with its breakdown under it when the row was profiled."""
-    from vip.perf.breakdown import format_breakdown
+    from vip.bench.breakdown import format_breakdown
     print(line, flush=True)
     if "breakdown" in r:
         print(format_breakdown(r["breakdown"]), flush=True)
@@ -318,7 +318,7 @@ def _show_lever_row(r: dict) -> None:
 
 
 def bench_backbone_denoiser(args, shape) -> dict:
-    from vip.perf import gpu_bench, levers
+    from vip.bench import gpu as gpu_bench, levers
 
     specs = [levers.parse(s) for s in (args.levers or ["eager bf16", "compiled:compile=default"])]
     print(_machine(args.device), flush=True)
@@ -353,7 +353,7 @@ REDPO_COMPILE_CONFIGS = [  # --compile: eager against regional torch.compile (po
 
 
 def bench_gpu_train(args) -> list:
-    from vip.perf import gpu_bench
+    from vip.bench import gpu as gpu_bench
 
     shape = gpu_bench.Shape(args.frames, args.size, args.size, args.steps, args.guidance, args.scale)
     model, parts = gpu_bench.build(shape, args.device)
@@ -404,7 +404,8 @@ def plot_breakdowns(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m vip.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["loo", "train", "train-one", "gpu-loo", "gpu-denoiser", "gpu-train", "adaptive",
                                      "plot-breakdown"])
     g = ap.add_argument_group("gpu-loo / gpu-train (AnimateDiff size, random weights)")
@@ -428,7 +429,7 @@ def main() -> None:
     g.add_argument("--rows", default="", help="gpu-train: only these configurations, by index (0,3)")
     g.add_argument("--json", default="")
     g.add_argument("--levers", nargs="*", default=None,
-                   help="gpu-denoiser: name:key=value,... (vip/perf/levers.py); default: the standard sweep")
+                   help="gpu-denoiser: name:key=value,... (vip/bench/levers.py); default: the standard sweep")
     g.add_argument("--profile", action="store_true", help="gpu-denoiser: where each row's time goes, by kernel kind; gpu-train: the last configuration's")
     g.add_argument("--tables", nargs="*", default=None,
                    help="adaptive: recorded loo.h5 files; plot-breakdown: --json dumps of gpu-denoiser / gpu-train")
@@ -449,7 +450,7 @@ def main() -> None:
         if args.what == "plot-breakdown":
             return plot_breakdowns(args)
         if args.what == "adaptive":
-            from vip.perf.adaptive import bench_adaptive
+            from vip.bench.adaptive import bench_adaptive
             return bench_adaptive(args)
         args.steps = args.steps or 10
         if args.what == "train":

@@ -20,7 +20,7 @@ class Levers:
     cudnn_benchmark: bool = False
     attention: str | None = None  # None: PyTorch's own choice per call; else one SDPA backend for every call
     fused_qkv: bool = False  # diffusers' fuse_qkv_projections(): one GEMM for q, k and v
-    short_attention: bool = False  # motion modules' attention written out (vip/perf/short_attention.py)
+    short_attention: bool = False  # motion modules' attention written out (vip/models/short_attention.py)
     compile: str | None = None  # None | default | tuned (diffusers' recommended Inductor flags)
 
     def __post_init__(self):
@@ -66,7 +66,7 @@ def applied(module: torch.nn.Module, lv: Levers):
             module.fuse_qkv_projections()
             fused = True
         if lv.short_attention:  # after fusing, which sets one processor everywhere
-            from vip.perf.short_attention import use_short_attention
+            from vip.models.short_attention import use_short_attention
             short = use_short_attention(module)
         fn = module
         if lv.compile is not None:
@@ -77,7 +77,7 @@ def applied(module: torch.nn.Module, lv: Levers):
     finally:
         torch.backends.cudnn.benchmark = prev_bench
         if short:
-            from vip.perf.short_attention import restore
+            from vip.models.short_attention import restore
             restore(short)
         if fused:
             _unfuse(module)

@@ -3,14 +3,14 @@
 Compiling a whole U-Net costs 60-120 s per shape at AnimateDiff size and its graph changes
 whenever a unit is removed. Compiling each repeated block (`nn.Module.compile`) instead gives
 graphs that blocks of one class and shape share, leaves the module tree and state dict as they
-were, and compiles a block's checkpointed forward (vip/perf/checkpointing.py) with it.
+were, and compiles a block's checkpointed forward (vip/train/checkpointing.py) with it.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from vip.perf.checkpointing import blocks, is_motion_unet
+from vip.train.checkpointing import blocks, is_motion_unet
 
 
 def regions(module: nn.Module) -> list[nn.Module]:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vip.perf import breakdown, levers
+from vip.bench import breakdown, levers
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -71,7 +71,7 @@ def test_plot_breakdown_charts_profiled_rows_and_refuses_files_without_any(tmp_p
     import json
     from argparse import Namespace
 
-    from vip.bench import plot_breakdowns
+    from vip.bench.cli import plot_breakdowns
     x, w = torch.randn(2, 8, 16, 16), torch.randn(12, 8, 3, 3)
     b = breakdown.breakdown(lambda: torch.nn.functional.conv2d(x, w, padding=1), cuda=False, peak=None)
     good = tmp_path / "den.json"

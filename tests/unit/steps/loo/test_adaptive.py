@@ -1,11 +1,11 @@
-"""Adaptive leave-one-out (vip.perf.adaptive): same choice as the exhaustive evaluation when
+"""Adaptive leave-one-out (vip.steps.loo.adaptive): same choice as the exhaustive evaluation when
 the bounds hold, never more clips than it."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vip.perf.adaptive import adaptive_loo, from_table, intervals, schedule, settled_out
+from vip.steps.loo.adaptive import adaptive_loo, from_table, intervals, schedule, settled_out
 from vip.rewards.base import ASPECTS
 from vip.selection import FULL, choose, deltas
 

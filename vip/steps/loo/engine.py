@@ -28,7 +28,7 @@ class FastLooOptions:
     dtype: str = "float32"  # denoiser and text encoder dtype while sampling: float32 | bfloat16 | float16
     channels_last: bool = False
     compile: bool = False  # torch.compile the gated U-Net once; the last batch is padded to keep one shape
-    # motion modules' 16-frame attention as two bmms (vip/perf/short_attention.py): 6% off a compiled
+    # motion modules' 16-frame attention as two bmms (vip/models/short_attention.py): 6% off a compiled
     # forward on an H100, nothing eager (docs/benchmarks.md)
     short_attention: bool = False
     # the VAE's dtype while decoding; float32 (VaeCodec's choice) unless asked: bf16 took 28% less time
@@ -68,7 +68,7 @@ class FastLoo:
             self._vae.to(getattr(torch, self.opts.decode_dtype))
         self._short = []
         if self.opts.short_attention:
-            from vip.perf.short_attention import use_short_attention
+            from vip.models.short_attention import use_short_attention
             self._short = use_short_attention(unet)
         self.gates = UnitGates(unet, self.units)
         if self.opts.compile:
@@ -84,7 +84,7 @@ class FastLoo:
         if self._vae is not None and self.opts.decode_dtype != "float32":
             self._vae.float()
         if self._short:
-            from vip.perf.short_attention import restore
+            from vip.models.short_attention import restore
             restore(self._short)
         if self.opts.channels_last:
             self.model.denoiser.to(memory_format=torch.contiguous_format)

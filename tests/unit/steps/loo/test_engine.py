@@ -1,7 +1,7 @@
 """How the batched leave-one-out engine cuts its jobs into batches."""
 from hypothesis import given, strategies as st
 
-from vip.perf.fast_loo import balanced_batch
+from vip.steps.loo.engine import balanced_batch
 
 
 def _batches(jobs, size):

@@ -1,0 +1,3 @@
+from vip.bench.cli import main
+
+main()
