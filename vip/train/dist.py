@@ -126,6 +126,10 @@ def init(device: str) -> DistEnv:
     export(d)
     if device.startswith("cuda"):
         torch.cuda.set_device(d.local_rank)
+    else:
+        # DeepSpeed's shared-memory allreduce for CPU ranks is a C++ op it compiles on first use: about 2 minutes
+        # on 2 cores, again whenever the venv's path changes. Gloo's allreduce is plenty for CPU training.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo",
                                auto_mpi_discovery=False, verbose=False, rank=d.rank, world_size=d.world_size)
     return d
