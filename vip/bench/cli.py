@@ -3,6 +3,8 @@
     python -m vip.bench loo --config configs/toyvid.yaml [--variants 5] [section.key=value ...]
     python -m vip.bench train --config configs/toyvid.yaml [--steps 10] [section.key=value ...]
     python -m vip.bench gpu-loo [--size 256] [--frames 16] [--steps 25] [--compile] [--json out.json]
+                                [--reward standin|videoscore|videoreward]
+    python -m vip.bench gpu-reward [--rewards videoscore-v1,videoscore-v1.1,videoreward] [--batches 1,4,8,16]
     python -m vip.bench gpu-denoiser [--size 256] [--profile] [--levers name:key=value,...]
     python -m vip.bench gpu-train [--size 256] [--frames 16] [--compile] [--json out.json]
     python -m vip.bench adaptive [--tables runs/demo2/stage1/loo.h5 ...]
@@ -12,6 +14,13 @@
 adapter, random weights, nothing downloaded; `--scale N` divides every width, for the CPU test
 path) and print the denoiser, leave-one-out end to end against the diffusers pipeline loop, and
 ReDPO steps per configuration, with MFU (FLOPs from torch.utils.flop_counter).
+
+`gpu-reward` builds VideoScore v1 (16 frames), v1.1 (48) and VideoReward at their published sizes
+(random weights, bf16, sdpa; vip/bench/reward_configs.py) and prints clips/s, peak memory and MFU per
+batch size, then the reward's share of one leave-one-out clip of AnimateDiff 16x256x256 and
+16x512x512 and Wan2.1 1.3B (81x480x832). `gpu-loo --reward videoscore|videoreward` runs leave-one-out
+end to end with that reward: serial, overlapped (scoring on its own thread and CUDA stream while the
+next batch is generated), and the per-unit pipeline loop followed by the same reward.
 
 `loo` times leave-one-out evaluation as vip runs it (model loaded once, units switched
 off in place, batched generation) against the loop a user would otherwise write with
@@ -215,7 +224,141 @@ def _dump(args, result: dict) -> None:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
+def bench_gpu_reward(args) -> dict:
+    from vip.bench import gpu_reward, reward_configs
+
+    cuda = args.device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    batches = [int(b) for b in args.batches.split(",")]
+    names = args.rewards.split(",")
+    print(_machine(args.device) + f", transformers {_version('transformers')}", flush=True)
+    counts = reward_configs.param_counts()
+    print("parameters (meta device): " + ", ".join(f"{k} {v:,}" for k, v in counts.items()), flush=True)
+    clip_keys = [k for k in args.clips.split(",") if k]
+    result = {"params": counts, "rewards": {}, "gen": {}, "share": {}}
+    for name in names:
+        reward = reward_configs.build(name, args.device, dtype, args.scale, prompts=gpu_reward.PROMPTS)
+        rows = result["rewards"][name] = {}
+        v11 = "1.1" in name  # reads 48 frames: the 16-frame AnimateDiff clips only at reward.frames 16 (v1's cost)
+        for ck in ["48x256x256" if v11 else "animatediff-256", *clip_keys]:
+            clip = gpu_reward.CLIPS[ck]
+            if v11 and clip[0] < 48:
+                continue
+            if args.scale > 1:  # tiny: few frames, small images
+                clip = (min(clip[0], 48 if v11 else 16), 32, 32, clip[3])
+            bs = batches if ck in ("48x256x256", "animatediff-256") else [args.share_batch]
+            rows[ck] = gpu_reward.bench_reward(reward, clip, bs, args.iters)
+            for r in rows[ck]:
+                print(f"  {name:16s} {ck:16s} batch {r['batch']:3d}  {r['tokens_per_clip']:5d} tokens  "
+                      + (r["error"] if "error" in r else
+                         f"{r['clips_per_s']:7.2f} clips/s ({r['score_s']:.3f} s)  forward {r['forward_clips_per_s']:7.2f} "
+                         f"clips/s  {r['tflop_per_clip']:6.2f} TFLOP/clip  MFU {_fmt(r['mfu'] and 100 * r['mfu'], '5.1f')}% "
+                         f"(end to end {_fmt(r['mfu_end_to_end'] and 100 * r['mfu_end_to_end'], '5.1f')}%)  "
+                         f"peak {_fmt(r['peak_gb'], '.1f')} GB"), flush=True)
+        del reward
+        if cuda:
+            torch.cuda.empty_cache()
+    if args.gen:
+        steps = args.steps
+        g = result["gen"]
+        try:
+            g["animatediff-256"] = gpu_reward.animatediff_gen_s_per_clip(256 if args.scale == 1 else 64, 4, 8, steps,
+                                                                         args.device, args.scale)
+            print(f"  gen {g['animatediff-256']['what']}: {g['animatediff-256']['s_per_clip']:.3f} s/clip "
+                  f"{g['animatediff-256']['split_s']}", flush=True)
+            if "animatediff-512" in clip_keys:
+                g["animatediff-512"] = gpu_reward.animatediff_gen_s_per_clip(512 if args.scale == 1 else 64, 2, 4,
+                                                                             steps, args.device, args.scale)
+                print(f"  gen {g['animatediff-512']['what']}: {g['animatediff-512']['s_per_clip']:.3f} s/clip "
+                      f"{g['animatediff-512']['split_s']}", flush=True)
+            if "wan2.1-1.3b" in clip_keys:
+                f, h, w = (81, 480, 832) if args.scale == 1 else (5, 32, 32)
+                g["wan2.1-1.3b"] = gpu_reward.wan_gen_s_per_clip(f, h, w, 50, args.device, args.scale, args.iters)
+                print(f"  gen {g['wan2.1-1.3b']['what']}: {g['wan2.1-1.3b']['s_per_clip']:.2f} s/clip", flush=True)
+        except Exception as e:  # the reward figures above stand without these
+            g["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+            print("  gen failed: " + g["error"], flush=True)
+        for name, by_clip in result["rewards"].items():
+            for ck, rows in by_clip.items():
+                r = next((r for r in rows if r["batch"] == args.share_batch), None)
+                if r is None or "error" in r or "s_per_clip" not in g.get(ck, {}):
+                    continue
+                sc = r["score_s"] / r["batch"]
+                result["share"][f"{name} on {ck}"] = {"reward_s_per_clip": sc, "gen_s_per_clip": g[ck]["s_per_clip"],
+                                                      "share": gpu_reward.reward_share(sc, g[ck]["s_per_clip"])}
+    print(_machine(args.device))
+    print(f"rewards (random weights, {str(dtype)[6:]}, sdpa; peak assumed: "
+          f"{next(iter(next(iter(result['rewards'].values())).values()))[0]['peak_assumed']}):")
+    print("| reward | clip | batch | tokens/clip | TFLOP/clip | clips/s (score) | clips/s (forward) | MFU (forward) "
+          "| MFU (end to end) | peak memory |")
+    for name, by_clip in result["rewards"].items():
+        for ck, rows in by_clip.items():
+            for r in rows:
+                if "error" in r:
+                    print(f"| {name} | {ck} | {r['batch']} | {r['tokens_per_clip']} | {r['tflop_per_clip']:.2f} | "
+                          f"{r['error']} | | | | |")
+                    continue
+                print(f"| {name} | {ck} | {r['batch']} | {r['tokens_per_clip']} | {r['tflop_per_clip']:.2f} | "
+                      f"{r['clips_per_s']:.2f} | {r['forward_clips_per_s']:.2f} | "
+                      f"{_fmt(r['mfu'] and 100 * r['mfu'], '.1f')}% | "
+                      f"{_fmt(r['mfu_end_to_end'] and 100 * r['mfu_end_to_end'], '.1f')}% | {_fmt(r['peak_gb'], '.1f')} GB |")
+    if result["share"]:
+        print("| reward on clip | reward s/clip | generation s/clip | reward's share |")
+        for k, v in result["share"].items():
+            print(f"| {k} | {v['reward_s_per_clip']:.3f} | {v['gen_s_per_clip']:.3f} | {100 * v['share']:.1f}% |")
+    _dump(args, result)
+    return result
+
+
+def _version(pkg: str) -> str:
+    import importlib.metadata
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def bench_gpu_loo_reward(args) -> dict:
+    """gpu-loo with a real-size reward: serial, overlapped, and the pipeline loop + the same reward."""
+    from vip.bench import gpu as gpu_bench, gpu_reward, reward_configs
+    from vip.steps.loo.engine import FastLoo, FastLooOptions
+
+    cuda = args.device.startswith("cuda")
+    shape = gpu_bench.Shape(args.frames, args.size, args.size, args.steps, args.guidance, args.scale)
+    model, parts = gpu_bench.build(shape, args.device)
+    name = {"videoscore": "videoscore-v1", "videoreward": "videoreward"}[args.reward]
+    reward = reward_configs.build(name, args.device, torch.bfloat16 if cuda else torch.float32, args.scale,
+                                  batch_size=args.batch_clips, prompts=gpu_reward.PROMPTS)
+    opts = FastLooOptions(batch_clips=args.batch_clips, dtype="bfloat16" if cuda else "float32",
+                          channels_last=cuda, compile=args.compile, short_attention=cuda and args.compile,
+                          decode_dtype=args.decode_dtype)
+    print(_machine(args.device), flush=True)
+    print(f"model: {model.num_params() / 1e6:.1f}M denoiser parameters, {len(model.units())} units; "
+          f"{shape.frames}x{shape.height}x{shape.width}, {shape.steps} DDIM steps, CFG {shape.guidance}; reward {name} "
+          f"({sum(p.numel() for p in reward.net.parameters()) / 1e9:.2f}B, random weights)", flush=True)
+
+    def factory(overlap):
+        return FastLoo(model, reward, FastLooOptions(**{**vars(opts), "overlap_score": overlap}))
+    out = gpu_reward.bench_loo_reward(factory, parts, shape, args.prompts, args.variants, args.baseline_variants,
+                                      args.device)
+    print(f"leave-one-out end to end ({args.prompts} prompts, reward {name}, same seeds):")
+    for k in ("serial", "overlapped"):
+        v = out[k]
+        print(f"  vip {k:10s} {v['clips_per_s']:7.3f} clips/s  {v['clips']} clips in {v['seconds']:.1f} s  split "
+              + ", ".join(f"{a} {t:.1f}s" for a, t in v["split_s"].items()) + f"  peak {_fmt(v['peak_gb'], '.1f')} GB")
+    b = out["baseline"]
+    print(f"  baseline       {b['clips_per_s']:7.3f} clips/s  {b['clips']} clips in {b['seconds']:.1f} s  (build "
+          f"{b['split_s']['build']:.1f} s; {b['clips_per_s_without_build']:.3f} clips/s without it)")
+    print(f"  overlapped == serial: {out['overlapped_equals_serial']} (max diff {out['max_abs_diff_overlapped_vs_serial']:.3g}); "
+          f"overlapped {out['speedup_overlapped_vs_serial']:.2f}x serial, {out['speedup_overlapped_vs_baseline']:.2f}x "
+          f"the pipeline loop; max score difference vs the loop {out['max_score_diff_vs_baseline']:.3g}")
+    _dump(args, {"shape": vars(shape), "reward": name, "loo": out})
+    return out
+
+
 def bench_gpu_loo(args) -> dict:
+    if args.reward != "standin":
+        return bench_gpu_loo_reward(args)
     from vip.bench import gpu as gpu_bench
     from vip.steps.loo.engine import FastLoo, FastLooOptions
     from vip.bench.standin_reward import StandInReward
@@ -406,8 +549,8 @@ def plot_breakdowns(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m vip.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["loo", "train", "train-one", "gpu-loo", "gpu-denoiser", "gpu-train", "adaptive",
-                                     "plot-breakdown"])
+    ap.add_argument("what", choices=["loo", "train", "train-one", "gpu-loo", "gpu-denoiser", "gpu-train", "gpu-reward",
+                                     "adaptive", "plot-breakdown"])
     g = ap.add_argument_group("gpu-loo / gpu-train (AnimateDiff size, random weights)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--size", type=int, default=256)
@@ -428,6 +571,14 @@ def main() -> None:
     g.add_argument("--max-pairs", type=int, default=0)
     g.add_argument("--rows", default="", help="gpu-train: only these configurations, by index (0,3)")
     g.add_argument("--json", default="")
+    g.add_argument("--reward", default="standin", choices=["standin", "videoscore", "videoreward"],
+                   help="gpu-loo: the reward (videoscore = v1 at its published size, random weights)")
+    g.add_argument("--rewards", default="videoscore-v1,videoscore-v1.1,videoreward", help="gpu-reward: which")
+    g.add_argument("--batches", default="1,4,8,16", help="gpu-reward: clips per forward")
+    g.add_argument("--clips", default="animatediff-512,wan2.1-1.3b",
+                   help="gpu-reward: clip shapes beyond 16x256x256, at --share-batch (see vip/bench/gpu_reward.py)")
+    g.add_argument("--share-batch", type=int, default=4, help="gpu-reward: batch for the other clip shapes and the shares")
+    g.add_argument("--no-gen", dest="gen", action="store_false", help="gpu-reward: skip the generators' s/clip")
     g.add_argument("--levers", nargs="*", default=None,
                    help="gpu-denoiser: name:key=value,... (vip/bench/levers.py); default: the standard sweep")
     g.add_argument("--profile", action="store_true", help="gpu-denoiser: where each row's time goes, by kernel kind; gpu-train: the last configuration's")
@@ -445,8 +596,8 @@ def main() -> None:
     with fail_cleanly():
         if args.what.startswith("gpu-"):
             args.steps = args.steps or 25
-            return {"gpu-loo": bench_gpu_loo, "gpu-denoiser": bench_gpu_denoiser,
-                    "gpu-train": bench_gpu_train}[args.what](args)
+            return {"gpu-loo": bench_gpu_loo, "gpu-denoiser": bench_gpu_denoiser, "gpu-train": bench_gpu_train,
+                    "gpu-reward": bench_gpu_reward}[args.what](args)
         if args.what == "plot-breakdown":
             return plot_breakdowns(args)
         if args.what == "adaptive":

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vip.models.motion_unet import SkippedUnit
+from vip.rewards.base import ASPECTS
 from vip.bench import real_configs
 from vip.train.checkpointing import checkpoint_every_block, undo
 from vip.steps.loo.engine import FULL, FastLoo, FastLooOptions
@@ -238,7 +239,7 @@ def pipeline_loo(parts: dict, variants: list[str], prompts: list[str], seeds: li
                           num_inference_steps=shape.steps, guidance_scale=shape.guidance,
                           generator=torch.Generator().manual_seed(int(s)), output_type="pt").frames
             sc = reward.score(frames.float(), [p])
-            scores[vi, pi] = [float(sc[a][0]) for a in sc]
+            scores[vi, pi] = [float(sc[a][0]) for a in ASPECTS]  # a real reward has outputs beyond these
         sync(device)
         times["generate_and_score"] += time.perf_counter() - t1
         del pipe
