@@ -3,7 +3,8 @@
 #   - the `slurm` tests, one after another: they share one cluster whose nodes each expects to itself,
 #     and they mostly wait on the scheduler;
 #   - everything else beside them on 2 pytest-xdist workers (-n 2, worksteal: an idle worker takes queued
-#     tests from the busy one, so the slow tail is shared), one torch thread each.
+#     tests from the busy one, so the slow tail is shared), one torch thread each, at a lower priority (nice):
+#     the cluster's jobs run against scheduler timeouts, the rest only against their own generous ones.
 # (pytest-xdist's --dist loadgroup would keep the slurm tests on one worker, but with pytest 9 it silently
 # does not group: xdist renames item._nodeid, which pytest 9 no longer reads.)
 # Arguments go to both streams, e.g. `bash scripts/test.sh tests/integration/test_slurm_loo.py -x`.
@@ -16,7 +17,7 @@ start=$(date +%s)
 
 OMP_NUM_THREADS=1 "$PY" -m pytest -q -m slurm --basetemp "$tmp/slurm" "$@" > "$tmp/slurm.log" 2>&1 &
 slurm_pid=$!
-"$PY" -m pytest -q -n 2 --dist worksteal -m "not slurm" --basetemp "$tmp/rest" "$@"
+nice -n 10 "$PY" -m pytest -q -n 2 --dist worksteal -m "not slurm" --basetemp "$tmp/rest" "$@"
 rest=$?
 wait "$slurm_pid"
 slurm=$?

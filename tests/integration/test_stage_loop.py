@@ -1,5 +1,6 @@
-"""Two full stages on the shipped teacher through jobs/stage.py: leave-one-out, selection, prompt
-filter, target, pairs, curation, ReDPO training, outcome; stage 2 starts from stage 1's student."""
+"""Two full stages on the shipped teacher through jobs/stage.py: leave-one-out over every unit, selection,
+prompt filter, target, pairs, curation, ReDPO training, outcome; stage 2 starts from stage 1's student.
+(At 6 prompts and 4 sampler steps: the whole run is mostly process start-up, so one run carries every check.)"""
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import torch
 from vip.models.motion_unet import MotionUNetModel
 from vip.models.registry import SHIPPED_TEACHER
 from vip.rewards.base import ASPECTS
+from vip.selection import choose, deltas
 from vip.steps import loo
 from vip.store import read_h5, sha256_tree
 
@@ -22,9 +24,14 @@ from helpers.stage import ARGS  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
+# the Slurm loop's settings, but leave-one-out over every unit of the shipped teacher
+LOCAL = [a for a in ARGS if not a.startswith("loo.units=")] + ["loo.units_per_task=8"]
+N = 6  # evaluation prompts (prompts.eval_count in ARGS)
+
+
 def _stages(run_dir, *extra):
     return subprocess.run([sys.executable, str(ROOT / "jobs/stage.py"), "--stage", "1", "--until", "2",
-                           "--run-dir", str(run_dir), *ARGS, *extra], capture_output=True, text=True, cwd=ROOT,
+                           "--run-dir", str(run_dir), *LOCAL, *extra], capture_output=True, text=True, cwd=ROOT,
                           env=dict(os.environ))  # under xdist: one thread (tests/conftest.py)
 
 
@@ -34,6 +41,44 @@ def two_stages(tmp_path_factory):
     r = _stages(run_dir)
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir, r.stdout
+
+
+def test_stage1_scores_every_unit_and_prints_its_choice(two_stages):
+    run_dir, stdout = two_stages
+    assert f"prompts.eval_count={N}" in LOCAL
+    teacher = MotionUNetModel.load(SHIPPED_TEACHER)
+    units = teacher.units()
+    merged, _ = read_h5(run_dir / "stage1" / "loo.h5")
+    variants = merged["variants"].tolist()
+    assert merged["scores"].shape == (1 + len(units), N, 4)
+    assert sorted(variants[1:]) == sorted(units)
+    assert np.all((merged["scores"] >= 1) & (merged["scores"] <= 4))
+
+    sel = json.loads((run_dir / "stage1" / "selection.json").read_text())
+    assert sel["chosen"] == choose(deltas(merged["scores"], variants), sel["k"]).chosen and len(sel["chosen"]) == 2
+    student = MotionUNetModel.load(run_dir / "stage1" / "pruned")
+    assert sorted(student.units()) == sorted(set(units) - set(sel["chosen"]))
+    assert student.num_params() == teacher.num_params() - sum(sel["unit_params"][u] for u in sel["chosen"])
+
+    # the printed table (stage 1's comes first) lists every unit with its Δ and marks the chosen ones
+    table = [line for line in stdout.splitlines() if "motion_modules" in line][:len(units)]
+    assert sorted(line.split()[0] for line in table) == sorted(units)
+    for line in table:
+        unit = line.split()[0]
+        assert line.rstrip().endswith("yes") == (unit in sel["chosen"])
+        assert float(line.split()[5]) == pytest.approx(sel["delta"][unit]["total"], abs=6e-4)
+
+    from PIL import Image
+    with Image.open(run_dir / "stage1" / "selection.png") as chart:  # the Δ chart a person looks at
+        assert chart.width > 600 and chart.height > 300
+
+    # status reads the files only and reports everything done
+    s = _stages(run_dir, "--status")
+    assert s.returncode == 0, s.stderr[-2000:]
+    rows = {ln.split()[0]: ln.split()[1] for ln in s.stdout.splitlines() if ln.split() and ln.split()[0] in
+            ("loo", "select", "target", "curate", "train", "outcome")}
+    assert rows == {k: "done" for k in ("loo", "select", "target", "curate", "train", "outcome")}
+    assert all(u in s.stdout for u in sel["chosen"])
 
 
 def test_pairs_prefer_the_teacher_in_the_target_and_obey_the_rules(two_stages):
