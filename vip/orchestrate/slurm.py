@@ -915,21 +915,3 @@ def submit_job(ctx: StageContext, step: str, fn: Callable[[StageContext], Any], 
                                 found=track.found(tag))
         track.done(tag, job.job_id)
     return job.job_id
-
-
-def step_summary(ledger: Ledger, step: str) -> dict[str, int]:
-    """State -> number of the step's recorded job elements in it (for status displays)."""
-    counts: dict[str, int] = {}
-    for state in job_states(ledger.elements(step)).values():
-        counts[state] = counts.get(state, 0) + 1
-    return counts
-
-
-def available() -> bool:
-    """Whether this machine can talk to a Slurm controller."""
-    try:
-        _run(["sinfo", "-h", "-o", "%P"], timeout=20)
-        return True
-    except SlurmError:
-        return False
-
