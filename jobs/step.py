@@ -69,11 +69,11 @@ def main() -> None:
 
 def run_packed(step: str, run, cfg, stage: int, task, stage_ctx=None) -> None:
     from vip.orchestrate import packed
-    from vip.orchestrate.stepjobs import STEPS, check_pair_inputs
+    from vip.orchestrate.stepjobs import ARRAY_STEPS, STEPS, check_pair_inputs
     from vip.steps.context import StageContext
     from vip.train.dist import discover
 
-    if not STEPS[step].is_array:
+    if step not in ARRAY_STEPS:
         raise vip_config.ConfigError(f"--packed is for the fanned-out steps loo, pairs and filter, not {step}")
     if task is not None:
         raise vip_config.ConfigError("--packed shares out every task of the step; leave out --task")
