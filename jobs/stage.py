@@ -56,7 +56,7 @@ def print_results(run, cfg, first: int, last: int) -> None:
 
 
 def run_slurm(args, cfg, run, last: int) -> int:
-    from vip.orchestrate import driver, slurm, submit, watch
+    from vip.orchestrate import driver, dryrun, lock, slurm, submit, watch
 
     slurm.check_client()  # sbatch and friends on PATH, else one line suggesting --executor local
     slurm.check_names(cfg.slurm)  # partitions and account exist, before half a stage is queued
@@ -64,10 +64,10 @@ def run_slurm(args, cfg, run, last: int) -> int:
     if warning:
         print(warning, file=sys.stderr)
     if args.dry_run:
-        print(submit.dry_run(cfg, run.path, args.stage, last))
+        print(dryrun.dry_run(cfg, run.path, args.stage, last))
         return 0
     ctx = driver.preflight(cfg, run, args.stage)
-    with submit.driver_lock(run):
+    with lock.driver_lock(run):
         actions = submit.submit_stage(ctx, last)
     for a in actions:
         print(a.line())

@@ -29,7 +29,9 @@ from vip.cli import fail_cleanly  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("loo", "select", "target", "pairs", "curate", "outcome", "filter"))
+    from vip.orchestrate.stepjobs import ARRAY_STEPS, STEP_CHOICES
+
+    ap.add_argument("step", choices=(*STEP_CHOICES, "filter"))
     ap.add_argument("--config", help="config file (default: <run-dir>/config.yaml)")
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--stage", type=int, required=True)
@@ -40,7 +42,7 @@ def main() -> None:
     args = ap.parse_intermixed_args()
 
     with fail_cleanly():
-        from vip.orchestrate.steprun import run_step
+        from vip.orchestrate.stepjobs import run_step
         from vip.store import RunDir
 
         run = RunDir(args.run_dir)
@@ -52,7 +54,7 @@ def main() -> None:
         if args.step == "filter" and not args.packed:
             raise vip_config.ConfigError("the prompt filter runs with jobs/filter_prompts.py (jobs/step.py filter only "
                                          "with --packed)")
-        if args.packed and args.step not in ("loo", "pairs", "filter"):
+        if args.packed and args.step not in ARRAY_STEPS:
             raise vip_config.ConfigError(f"--packed is for the fanned-out steps loo, pairs and filter, not {args.step}")
         from vip.orchestrate.preflight import preflight
 
@@ -67,21 +69,17 @@ def main() -> None:
 
 def run_packed(step: str, run, cfg, stage: int, task, stage_ctx=None) -> None:
     from vip.orchestrate import packed
-    from vip.orchestrate.steprun import check_pair_inputs
-    from vip.steps import loo, pairs
-    from vip.steps import filter as prompt_filter
+    from vip.orchestrate.stepjobs import ARRAY_STEPS, STEPS, check_pair_inputs
     from vip.steps.context import StageContext
     from vip.train.dist import discover
 
-    if step not in ("loo", "pairs", "filter"):
+    if step not in ARRAY_STEPS:
         raise vip_config.ConfigError(f"--packed is for the fanned-out steps loo, pairs and filter, not {step}")
     if task is not None:
         raise vip_config.ConfigError("--packed shares out every task of the step; leave out --task")
     # the prompt filter is run-wide
-    ctx = StageContext(run, cfg, 0) if step == "filter" else stage_ctx or StageContext(run, cfg, stage)
-    done = {"loo": lambda: loo.is_done(ctx), "pairs": lambda: pairs.is_done(ctx),
-            "filter": lambda: prompt_filter.is_done(run, cfg)}[step]
-    if done():
+    ctx = StageContext(run, cfg, 0) if STEPS[step].per_run else stage_ctx or StageContext(run, cfg, stage)
+    if STEPS[step].done(ctx):
         print(f"{step}: already merged", flush=True)
         return
     if step == "pairs":

@@ -16,7 +16,7 @@ import pytest
 from helpers.data import assert_variants_differ
 from helpers.slurm import make_ctx, restart_count, sh, wait_for
 from vip.orchestrate import local, render, slurm
-from vip.orchestrate.fanout import ARRAY_STEPS, ArrayStep
+from vip.orchestrate.stepjobs import ARRAY_STEPS, ArrayStep
 from vip.orchestrate.ledger import Ledger
 from vip.steps import loo
 from vip.store import read_h5

@@ -125,3 +125,57 @@ def _drop_intent(data: dict, tag: str) -> bool:
     if not intents:
         data.pop("intents")
     return True
+
+
+def ledger_for(ctx) -> Ledger:
+    """A stage's ledger is <stage>/jobs.json; run-wide steps (stage 0, e.g. filter) use <run>/jobs.json."""
+    return Ledger(ctx.dir if ctx.stage >= 1 else ctx.run.path)
+
+
+# ----------------------------------------------------------------------------- the ledger, read
+
+def latest_elements(ledger: Ledger, step: str) -> dict[int | None, tuple[str, dict]]:
+    """Task -> (job element, ledger entry) of its latest submission (a packed job: its job id for each
+    of its tasks)."""
+    out: dict[int | None, tuple[str, dict]] = {}
+    for entry in ledger.entries(step):
+        if entry.get("kind") == "packed":
+            out.update({t: (entry["job_id"], entry) for t in entry["tasks"]})
+            continue
+        for element, task in entry["elements"].items():
+            out[task] = (element, entry)
+    return out
+
+
+def log_path(entry: dict, element: str, failed: bool = False, task: int | None = None) -> Path:
+    """submitit's log of a job element (rank 0 for a multi-task job; for a task of a packed job, the
+    log of the rank that runs it, as packed.rank_of): .err holds errors, .out the rest."""
+    rank = 0
+    if entry.get("kind") == "packed" and task in entry.get("tasks", ()):
+        rank = list(entry["tasks"]).index(task) % entry["ranks"]
+    return Path(entry["log_dir"]) / f"{element}_{rank}_log.{'err' if failed else 'out'}"
+
+
+def recorded_deps(ledger: Ledger, step: str, job_id: str) -> list[str]:
+    deps = [d for e in ledger.entries(step) if e["job_id"] == job_id for d in e.get("depends_on", [])]
+    for ev in ledger.events(step):
+        if ev.get("event") == "dependency" and ev.get("job_id") == job_id:
+            deps += ev.get("depends_on", [])
+    return sorted(set(map(str, deps)), key=id_key)
+
+
+def id_key(job_id: str):
+    head = job_id.split("_")[0]
+    return (int(head) if head.isdigit() else 0, job_id)
+
+
+def task_ranges(tasks: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    out, i = [], 0
+    while i < len(tasks):
+        j = i
+        while j + 1 < len(tasks) and tasks[j + 1] == tasks[j] + 1:
+            j += 1
+        out.append(f"{tasks[i]}-{tasks[j]}" if j > i else str(tasks[i]))
+        i = j + 1
+    return ",".join(out)

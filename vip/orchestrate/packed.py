@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Sequence
 
-from vip.orchestrate.fanout import ARRAY_STEPS, ArrayStep
+from vip.orchestrate.stepjobs import ARRAY_STEPS, ArrayStep
 from vip.steps.context import StageContext
 
 

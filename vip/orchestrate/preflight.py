@@ -29,6 +29,7 @@ from pathlib import Path
 
 from vip.config import Config, ConfigError, reads_key
 from vip.models.registry import base_model_path, check_backbone
+from vip.orchestrate import stepjobs
 from vip.prompts.llm import check_backend
 from vip.prompts.sets import load_prompts
 from vip.rewards.registry import check_reward
@@ -37,7 +38,7 @@ from vip.store import IncompleteError, RunDir
 
 # the steps that load the stage's model anyway: its checks cost nothing more there
 MODEL_STEPS = ("stage", "loo", "select")
-STEPS = ("stage", "loo", "select", "target", "pairs", "curate", "outcome", "filter", "train", "render")
+STEPS = ("stage", *(s for s in stepjobs.STEPS if s != "filter_merge"), "render")  # the commands it checks for
 
 
 def preflight(cfg: Config, run: RunDir, stage: int, step: str = "stage", *, freeze: bool = True,
@@ -192,13 +193,10 @@ def check_student(ctx: StageContext) -> None:
 
 def is_done(ctx: StageContext, step: str) -> bool:
     """The command has nothing to write: its step (stage: the stage's outcome and the report) is done."""
-    from vip.steps.done import step_done
-    from vip.steps import outcome
-
     try:
         if step == "stage":
-            return outcome.is_done(ctx) and (ctx.run.path / "report.html").is_file()
-        return step_done(ctx, step)
+            return stepjobs.STEPS["outcome"].done(ctx) and (ctx.run.path / "report.html").is_file()
+        return stepjobs.STEPS[step].done(ctx)
     except (OSError, ValueError, KeyError):
         return False
 

@@ -19,10 +19,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from vip.config import Config, ConfigError, SlurmConfig, has_control_chars
+from vip.orchestrate import stepjobs
+from vip.orchestrate.stepjobs import job_name, packed_ranks
 from vip.store import RunDir, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,28 +31,7 @@ TEMPLATES = REPO / "sbatch"
 _PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
 
 
-@dataclass(frozen=True)
-class Step:
-    kind: str  # array (GPU tasks), cpu_array, gpu (one GPU task), cpu (small job), train (nodes x GPUs)
-    after: tuple[str, ...] = ()  # steps it waits for (afterany)
-    per_run: bool = False  # once per run, not per stage
-
-    @property
-    def is_array(self) -> bool:
-        return self.kind in ("array", "cpu_array")
-
-
-STEPS: dict[str, Step] = {  # in submission order
-    "filter": Step("cpu_array", per_run=True),
-    "filter_merge": Step("cpu", ("filter",), per_run=True),
-    "loo": Step("array"),
-    "select": Step("cpu", ("loo",)),
-    "target": Step("gpu", ("select",)),
-    "pairs": Step("array", ("target", "filter_merge")),
-    "curate": Step("cpu", ("pairs",)),
-    "train": Step("train", ("curate",)),
-    "outcome": Step("gpu", ("train",)),
-}
+STEPS = dict(sorted(stepjobs.STEPS.items(), key=lambda kv: not kv[1].per_run))  # submit.sh's order: the run's first
 
 
 def q(value) -> str:
@@ -95,10 +75,6 @@ def sbatch_line(key: str, value: str | None) -> str:
     if value is not None and has_control_chars(value):
         raise ConfigError(f"the value of sbatch option --{key} contains a newline or control character: {value!r}")
     return f"#SBATCH --{key}" if value is None else f"#SBATCH --{key}={q(value)}"
-
-
-def job_name(cfg: Config, stage: int, step: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"vip-{cfg.run.name}-s{stage}-{step}")[:100]
 
 
 def log_dir(run: RunDir, stage: int, step: str) -> Path:
@@ -162,8 +138,6 @@ def render_packed(cfg: Config, run: RunDir, stage: int, step: str, tasks: int | 
                   repo: Path) -> tuple[str, str, tuple[int, int | None]]:
     """sbatch/packed.sbatch for one fanned-out step: packed_ranks ranks (at most `tasks`, when known).
     The ranks read the plan themselves, so the script is complete without a task count."""
-    from vip.orchestrate.slurm import packed_ranks  # noqa: PLC0415 - only when rendering packed jobs
-
     kind = "cpu_packed" if STEPS[step].kind == "cpu_array" else "packed"
     ranks = packed_ranks(cfg.slurm, tasks)
     logs = log_dir(run, stage, step)
@@ -263,18 +237,8 @@ def render(cfg: Config, run: RunDir, stage: int, steps: list[str] | None = None,
 
 def known_task_counts(cfg: Config, run: RunDir, stage: int) -> dict[str, int]:
     """Task counts of the array steps whose plans are already written (reads files only)."""
-    from vip.steps import loo, pairs
+    from vip.steps.context import StageContext
 
-    counts: dict[str, int] = {}
-    for step, planned in (("loo", loo.read_plan(run.stage(stage))), ("pairs", pairs.read_plan(run.stage(stage)))):
-        if planned is not None:
-            counts[step] = len(planned["tasks"])
-    try:
-        from vip.steps import filter as prompt_filter
-
-        planned = prompt_filter.read_plan(run)
-        if planned is not None:
-            counts["filter"] = len(planned["tasks"])
-    except ImportError:
-        pass
-    return counts
+    plans = {s: spec.read_plan(StageContext(run, cfg, 0 if spec.per_run else stage))
+             for s, spec in STEPS.items() if spec.is_array}
+    return {s: len(planned["tasks"]) for s, planned in plans.items() if planned is not None}

@@ -39,8 +39,8 @@ from submitit.helpers import Checkpointable
 
 from vip.config import Config, ConfigError, SlurmConfig, has_control_chars
 from vip.orchestrate import packed
-from vip.orchestrate.fanout import ARRAY_STEPS, ArrayStep  # noqa: F401 - the step specs, re-exported
-from vip.orchestrate.ledger import Ledger
+from vip.orchestrate.ledger import Ledger, ledger_for
+from vip.orchestrate.stepjobs import ARRAY_STEPS, KINDS, ArrayStep, job_name, packed_ranks  # noqa: F401 - re-exported
 from vip.steps.context import StageContext
 from vip.store import RunDir
 
@@ -281,19 +281,6 @@ def _sbatch_failure(ex: submitit.AutoExecutor, said: str) -> SlurmError:
 
 
 # ----------------------------------------------------------------------------- executors
-
-def job_name(cfg: Config, stage: int, step: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"vip-{cfg.run.name}-s{stage}-{step}")[:100]
-
-
-KINDS = ("array", "cpu_array", "packed", "cpu_packed", "gpu", "cpu", "train")
-
-
-def packed_ranks(slurm: SlurmConfig, tasks: int | None = None) -> int:
-    """Ranks of a packed job: slurm.packed_ranks (0 = nodes x GPUs per node), never more than its tasks."""
-    ranks = slurm.packed_ranks or slurm.nodes * max(1, slurm.gpus_per_node)
-    return max(1, min(ranks, tasks)) if tasks is not None else ranks
-
 
 def sbatch_options(slurm: SlurmConfig, kind: str, ranks: int = 1) -> dict[str, Any]:
     """Resource options of one kind of job, as submitit parameters.
@@ -658,11 +645,6 @@ def reconcile_step(ctx: StageContext, step: str) -> list[dict]:
 
 # ----------------------------------------------------------------------------- what runs on the nodes
 
-def ledger_for(ctx: StageContext) -> Ledger:
-    """A stage's ledger is <stage>/jobs.json; run-wide steps (stage 0, e.g. filter) use <run>/jobs.json."""
-    return Ledger(ctx.dir if ctx.stage >= 1 else ctx.run.path)
-
-
 def log_dir(ctx: StageContext, step: str) -> Path:
     return ctx.run.path / "logs" / (f"stage{ctx.stage}" if ctx.stage >= 1 else "run") / step
 
@@ -933,21 +915,3 @@ def submit_job(ctx: StageContext, step: str, fn: Callable[[StageContext], Any], 
                                 found=track.found(tag))
         track.done(tag, job.job_id)
     return job.job_id
-
-
-def step_summary(ledger: Ledger, step: str) -> dict[str, int]:
-    """State -> number of the step's recorded job elements in it (for status displays)."""
-    counts: dict[str, int] = {}
-    for state in job_states(ledger.elements(step)).values():
-        counts[state] = counts.get(state, 0) + 1
-    return counts
-
-
-def available() -> bool:
-    """Whether this machine can talk to a Slurm controller."""
-    try:
-        _run(["sinfo", "-h", "-o", "%P"], timeout=20)
-        return True
-    except SlurmError:
-        return False
-

@@ -15,19 +15,16 @@ from tqdm import tqdm
 
 from vip.config import Config
 from vip.orchestrate import slurm
-from vip.orchestrate.ledger import Ledger
-from vip.orchestrate.submit import latest_elements, log_path, task_ranges
-from vip.steps import filter as prompt_filter
-from vip.steps import loo, outcome, pairs, select, target
+from vip.orchestrate.ledger import Ledger, latest_elements, log_path, task_ranges
+from vip.orchestrate.stepjobs import ROWS, STEPS
+from vip.steps import loo, outcome, pairs
 from vip.steps.context import StageContext
 from vip.store import RunDir
 from vip.train import redpo_trainer
 from vip.train.metrics import read_metrics
 
-RUN_STEPS = ("filter", "filter_merge")  # in <run>/jobs.json
+RUN_STEPS = tuple(s for s, spec in STEPS.items() if spec.per_run)  # in <run>/jobs.json
 FAILED = slurm.TERMINAL - {"COMPLETED", "UNKNOWN"}  # UNKNOWN: purged from queue and accounting, long over
-ROW_STEPS = {"loo": ("loo",), "select": ("select",), "filter": RUN_STEPS, "target": ("target",),
-             "pairs": ("pairs",), "curate": ("curate",), "train": ("train",), "outcome": ("outcome",)}
 BAR = "{desc}: {n_fmt:>3}/{total_fmt:<3} |{bar}| {elapsed}{postfix}"
 CONTINUATIONS = {"continue": "plans pairs and submits the rest of the stage once target.json exists",
                  "next": "submits the next stage once this one's outcome exists"}
@@ -68,32 +65,15 @@ def latest(run: RunDir, stages) -> list[Element]:
 def work_done(run: RunDir, cfg: Config, el: Element) -> bool:
     """Whether the work of one job element is done, from files only."""
     ctx = StageContext(run, cfg, el.stage)
-    step, task = el.step, el.task
-    if step == "loo":
-        return loo.is_done(ctx) or (task is not None and loo.shards(ctx).is_done(task))
-    if step == "select":
-        return select.is_done(ctx)
-    if step in RUN_STEPS:
-        done = prompt_filter.is_done(run, cfg)
-        return done or (step == "filter" and task is not None and prompt_filter.shards(run).is_done(task))
-    if step == "target":
-        return target.is_done(ctx)
+    step = el.step
+    if step in STEPS:
+        return STEPS[step].task_done(ctx, el.task)
     if step.startswith("loo_round"):  # adaptive: the next round is planned, or selection was submitted
         rounds = (loo.read_plan(ctx.dir) or {}).get("adaptive", {}).get("rounds", [])
         return loo.is_done(ctx) or len(rounds) > int(step.removeprefix("loo_round")) \
             or bool(Ledger(ctx.dir).entries("select"))
     if step == "continue":
         return pairs.is_done(ctx) or bool(Ledger(ctx.dir).entries("pairs"))
-    if step == "pairs":
-        if pairs.is_done(ctx):
-            return True
-        return task is not None and pairs.read_plan(ctx.dir) is not None and task not in pairs.missing(ctx)
-    if step == "curate":
-        return pairs.is_done(ctx)
-    if step == "train":
-        return redpo_trainer.is_done(run, el.stage, cfg)
-    if step == "outcome":
-        return outcome.is_done(ctx)
     if step == "next":
         return bool(Ledger(run.stage(el.stage + 1)).steps()) or outcome.is_done(StageContext(run, cfg, el.stage + 1))
     return True  # a step this driver does not know: not its business
@@ -149,35 +129,25 @@ def progress_rows(run: RunDir, cfg: Config, n: int, elements: list[Element], sta
         if el.stage in (0, n):
             jobs.setdefault(("filter" if el.stage == 0 else el.step), {})[el.element] = states.get(el.element, "UNKNOWN")
 
-    def tasks(planned, shard_set, merged: bool, missing=None):
-        if merged:
-            total = len(planned["tasks"]) if planned else 1
-            return total, total
-        if planned is None:
-            return 0, None
-        total = len(planned["tasks"])
-        return total - len(missing if missing is not None else shard_set.missing(range(total))), total
-
     rows = []
-    done, total = tasks(prompt_filter.read_plan(run), prompt_filter.shards(run), prompt_filter.is_done(run, cfg))
-    rows.append(("filter", "run filter", done, total))
-    done, total = tasks(loo.read_plan(ctx.dir), loo.shards(ctx), loo.is_done(ctx))
-    rows.append(("loo", "loo", done, total))
-    rows.append(("select", "select", int(select.is_done(ctx)), 1))
-    rows.append(("target", "target", int(target.is_done(ctx)), 1))
-    planned, curated = pairs.read_plan(ctx.dir), pairs.is_done(ctx)
-    missing = pairs.missing(ctx) if planned is not None and not curated else None
-    done, total = tasks(planned, None, curated, missing)
-    rows.append(("pairs", "pairs", done, total))
-    rows.append(("curate", "curate", int(curated), 1))
-    trained = redpo_trainer.is_done(run, n, cfg)
-    steps = len(read_metrics(redpo_trainer.train_dir(run, n)))
-    rows.append(("train", "train", int(trained), 1, f"{steps} steps" if steps and not trained else ""))
-    rows.append(("outcome", "outcome", int(outcome.is_done(ctx)), 1))
+    for name, spec in sorted(STEPS.items(), key=lambda kv: not kv[1].per_run):  # the run's steps first
+        if spec.row and spec.row != name:
+            continue  # shown in its row's (filter_merge: filter)
+        sctx = StageContext(run, cfg, 0) if spec.per_run else ctx
+        done = spec.done(sctx)
+        if spec.is_array:
+            planned = spec.read_plan(sctx)
+            total = len(planned["tasks"]) if planned else (1 if done else None)
+            rows.append((name, total if done else total - len(spec.todo(sctx)) if planned else 0, total))
+        elif name == "train":
+            steps = len(read_metrics(redpo_trainer.train_dir(run, n)))
+            rows.append((name, int(done), 1, f"{steps} steps" if steps and not done else ""))
+        else:
+            rows.append((name, int(done), 1))
     out = []
-    for key, desc, done, total, *extra in rows:
+    for key, done, total, *extra in rows:
         post = ", ".join(x for x in (*extra, _summary(list(jobs.get(key, {}).values()))) if x)
-        out.append((key, f"stage {n} {desc}" if key != "filter" else desc, done, total, post))
+        out.append((key, f"stage {n} {key}" if not STEPS[key].per_run else f"run {key}", done, total, post))
     return out
 
 
@@ -278,7 +248,7 @@ def job_columns(run: RunDir, cfg: Config, stage: int, rows: list[tuple[str, str,
         states = {}
     out = []
     for step, state, detail in rows:
-        steps = ROW_STEPS.get(step, ())
+        steps = ROWS.get(step, ())
         mine = [el for el in elements if el.step in steps and el.stage in (0 if step == "filter" else stage,)]
         jobs, log = _jobs_and_log(run, steps, step, stage, mine, states)
         out.append((step, _state(run, cfg, state, mine, states), detail, jobs, log))

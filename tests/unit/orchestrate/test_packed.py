@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vip.orchestrate import packed
-from vip.orchestrate.fanout import ARRAY_STEPS, ArrayStep
+from vip.orchestrate.stepjobs import ARRAY_STEPS, ArrayStep
 
 
 @given(tasks=st.lists(st.integers(0, 10_000), unique=True, max_size=60), world=st.integers(1, 16))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vip import config
-from vip.orchestrate.steprun import run_step
+from vip.orchestrate.stepjobs import run_step
 from vip.orchestrate.submit import step_job
 from vip.steps import pairs
 from vip.steps.context import StageContext
