@@ -64,6 +64,10 @@ class PromptsConfig:
     eval: str = "toyvid"  # a built-in set name or a file (.txt one per line, .csv/.jsonl with a prompt column)
     eval_count: int = 36  # the first N prompts of the set; 0 = all
     seeds_per_prompt: int = 1
+    # The outcome (Table B) is scored on these prompts, which neither leave-one-out nor curation sees (curation
+    # skips them; the evaluation set may not hold them), with seeds of their own. "" = on the evaluation set.
+    heldout: str = ""  # a built-in set name (toyvid_heldout) or a file, like `eval`
+    heldout_count: int = 0  # the first N prompts of the held-out set; 0 = all
 
 
 @dataclass
@@ -217,6 +221,9 @@ class Config:
         # the key existed: left out then, so those runs keep their hash
         if d["model"]["backbone"] != "animatediff" or d["model"]["sampler_preset"] == "diffusers":
             d["model"].pop("sampler_preset")
+        if not d["prompts"]["heldout"]:  # scored on the evaluation set, as before the keys existed
+            for key in ("heldout", "heldout_count"):
+                d["prompts"].pop(key)
         if not d["loo"]["adaptive"]:  # these keys change nothing then, and runs planned before they existed stay valid
             for key in ("adaptive", "adaptive_z", "adaptive_first"):
                 d["loo"].pop(key)
@@ -229,7 +236,7 @@ _POSITIVE = {"loo.units_per_task", "loo.batch_size", "loo.adaptive_z", "loo.adap
              "curate.samples_per_task", "curate.batch_size", "train.epochs", "train.batch_size", "train.grad_accum",
              "train.lr", "train.beta", "train.keep_checkpoints", "train.nprocs",
              "reward.batch_size", "slurm.time", "slurm.cpu_time", "slurm.cpus_per_task", "slurm.nodes"}
-_NON_NEGATIVE = {"model.frames", "model.height", "model.width", "model.fps", "reward.frames", "reward.fps", "prompts.eval_count", "loo.prompts_per_task", "runtime.threads", "filter.max_retries",
+_NON_NEGATIVE = {"model.frames", "model.height", "model.width", "model.fps", "reward.frames", "reward.fps", "prompts.eval_count", "prompts.heldout_count", "loo.prompts_per_task", "runtime.threads", "filter.max_retries",
                  "curate.target_threshold", "curate.max_prompts", "curate.alpha", "train.w_sft", "train.min_lr",
                  "train.prompt_dropout",
                  "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.checkpoint_every",

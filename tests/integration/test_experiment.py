@@ -21,7 +21,7 @@ from vip.store import atomic_write_json, read_h5, sha256_file, sha256_tree
 from vip.train.metrics import read_metrics
 from vip.train.redpo_trainer import final_path, train_dir
 
-SMALL = ["prompts.eval_count=2", "loo.batch_size=2", "model.steps=4", "runtime.progress=false"]
+SMALL = ["prompts.eval_count=2", "prompts.heldout_count=2", "loo.batch_size=2", "model.steps=4", "runtime.progress=false"]
 TEACHER = ROOT / "vip/toyvid/weights/teacher"  # trained weights: an untrained model's clips all score the floor
 
 

@@ -13,6 +13,7 @@ import torch
 
 from vip.models.motion_unet import MotionUNetModel
 from vip.models.registry import SHIPPED_TEACHER
+from vip.prompts.sets import load_prompts
 from vip.rewards.base import ASPECTS
 from vip.selection import choose, deltas
 from vip.steps import loo
@@ -79,6 +80,27 @@ def test_stage1_scores_every_unit_and_prints_its_choice(two_stages):
             ("loo", "select", "target", "curate", "train", "outcome")}
     assert rows == {k: "done" for k in ("loo", "select", "target", "curate", "train", "outcome")}
     assert all(u in s.stdout for u in sel["chosen"])
+
+
+def test_the_outcome_is_scored_on_heldout_prompts_the_stage_never_saw(two_stages):
+    run_dir, stdout = two_stages
+    heldout = load_prompts("toyvid_heldout")[:4]
+    for stage in (1, 2):
+        d = run_dir / f"stage{stage}"
+        outcome = json.loads((d / "outcome.json").read_text())
+        on = outcome["scored_on"]
+        assert on["set"] == "heldout" and on["spec"] == "toyvid_heldout" and on["samples"] == on["prompts"] == 4
+        target = json.loads((d / "target.json").read_text())
+        assert outcome["on_eval"]["full"] == target["teacher"] and outcome["on_eval"]["pruned"] == target["pruned"]
+        # other prompts, other scores: the check can fail
+        assert abs(outcome["full"]["total"] - outcome["on_eval"]["full"]["total"]) > 1e-3
+        arrays, _ = read_h5(d / "pairs.h5")
+        assert not {str(p) for p in arrays["prompts"]} & set(heldout)  # curation never trains on them
+        assert not {str(p) for p in read_h5(d / "loo.h5")[0]["prompts"]} & set(heldout)
+    # the teacher is scored on them once per run; both stages compare against the same figures
+    first, second = (json.loads((run_dir / f"stage{s}" / "outcome.json").read_text())["full"] for s in (1, 2))
+    assert first == second and (run_dir / "teacher" / "heldout.h5").is_file()
+    assert "scored on held-out prompts (prompts.heldout=toyvid_heldout: 4 samples" in stdout
 
 
 def test_pairs_prefer_the_teacher_in_the_target_and_obey_the_rules(two_stages):

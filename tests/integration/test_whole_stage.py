@@ -43,7 +43,7 @@ MIN_LOO_SPREAD = 1e-4
 # candidates per stage; alpha 3 puts the floor far below the losers, so the two gap rules decide, and with 8
 # candidates they keep a few pairs (so training really trains)
 COMMON = [
-    "prompts.eval_count=2", "loo.units_per_task=4", "loo.batch_size=8", "select.k=1",
+    "prompts.eval_count=2", "prompts.heldout_count=2", "loo.units_per_task=4", "loo.batch_size=8", "select.k=1",
     "curate.max_prompts=8", "curate.seeds_per_prompt=1", "curate.samples_per_task=8", "curate.batch_size=8",
     "curate.alpha=3.0",
     "train.epochs=1", "train.batch_size=1", "train.min_pairs=1", "train.checkpoint_every=0",

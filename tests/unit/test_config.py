@@ -28,7 +28,7 @@ def test_yaml_and_overrides_resolve_with_types(tmp_path):
 # without guidance)
 TOYVID_TUNING = {"loo.batch_size": 36, "filter.prompts_per_task": 108, "curate.max_prompts": 32,
                  "train.w_sft": 1000.0, "train.prompt_dropout": 0.0, "train.lr": 1e-4, "train.min_lr": 1e-5,
-                 "train.checkpoint_every": 20}
+                 "train.checkpoint_every": 20, "prompts.heldout": "toyvid_heldout", "prompts.heldout_count": 24}
 
 
 def test_shipped_config_is_the_default_plus_the_toyvid_tuning():

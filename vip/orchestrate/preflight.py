@@ -73,6 +73,9 @@ def preflight(cfg: Config, run: RunDir, stage: int, step: str = "stage", *, free
     ctx = StageContext(run, cfg, stage)
     if step != "train":
         check_scorable(cfg, ctx.eval_set.prompts, "prompts.eval", cfg.prompts.eval)
+        if ctx.heldout_set is not None:
+            check_scorable(cfg, ctx.heldout_set.prompts, "prompts.heldout", cfg.prompts.heldout)
+            check_disjoint(ctx.eval_set.prompts, ctx.heldout_set.prompts)
     if "filter" in needed:
         check_backend(cfg.filter)  # e.g. a missing API key, before any job is started
         from vip.steps import filter as prompt_filter
@@ -155,6 +158,15 @@ def check_frames(cfg: Config, clip_frames: int | None) -> None:
                       f"fewer{longer}")
 
 
+def check_disjoint(evaluated: list[str], heldout: list[str]) -> None:
+    """No held-out prompt is one leave-one-out scores: the outcome must be measured on prompts it never saw."""
+    shared = [p for p in dict.fromkeys(heldout) if p in set(evaluated)]
+    if shared:
+        raise ConfigError(f"config key 'prompts.heldout': {len(shared)} of its prompts are also evaluation prompts "
+                          f"(prompts.eval), e.g. {shared[0]!r}; held-out prompts must be ones leave-one-out never "
+                          "scores: use another set or file, or fewer prompts.eval_count")
+
+
 def check_scorable(cfg: Config, prompts: list[str], key: str, spec: str) -> None:
     """Every prompt is one the reward can score: toyvid_score knows the toyvid grammar only."""
     if cfg.reward.name != "toyvid_score":
@@ -167,7 +179,8 @@ def check_scorable(cfg: Config, prompts: list[str], key: str, spec: str) -> None
         except ValueError:
             raise ConfigError(f"{key}: prompt {i + 1} of {spec!r}, {p!r}, is not in the toyvid grammar, the only "
                               f"prompts the reward toyvid_score can score (e.g. {world.all_prompts()[0].text!r}); "
-                              "use toyvid prompts (prompts.eval=toyvid) or another reward") from None
+                              f"use toyvid prompts ({key}={'toyvid' if key == 'prompts.eval' else 'toyvid_heldout'}) or another "
+                              "reward") from None
 
 
 def training_world(cfg: Config, slurm: bool = False) -> int:

@@ -6,6 +6,7 @@ import json
 from vip.rewards.base import ASPECTS
 from vip.steps import filter as prompt_filter
 from vip.steps import loo, pairs
+from vip.steps.outcome import scored_on_line
 from vip.store import RunDir, ShardSet, read_json
 from vip.train.metrics import read_metrics
 
@@ -130,7 +131,8 @@ def outcome_table(outcomes: list[dict]) -> str:
                          f"{params:,}", ", ".join(SHORT[t] for t in o["targets"]) if name == "ReDPO" else "",
                          o.get("training", "") if name == "ReDPO" else ""))
     header = ("stage", "model", *(SHORT[a] for a in ASPECTS), "total", "params", "target", "training")
-    return format_rows(rows, header)
+    return format_rows(rows, header) + "\n" + scored_on_line(outcomes[-1] if outcomes else {})
+
 
 
 def curation_summary(record: dict | None) -> str:

@@ -15,7 +15,11 @@ from vip.toyvid import world
 def _toyvid_balanced() -> list[str]:
     """The grammar in an order whose every prefix is balanced over colour, shape, motion and
     background: greedily take the prompt whose factor values have been used least so far."""
-    remaining = world.all_prompts()
+    return _balanced(world.all_prompts())
+
+
+def _balanced(prompts: list) -> list[str]:
+    remaining = list(prompts)
     counts: dict[tuple[str, str], int] = {}
     order = []
     while remaining:
@@ -29,7 +33,16 @@ def _toyvid_balanced() -> list[str]:
     return order
 
 
-BUILTIN = {"toyvid": _toyvid_balanced}
+def _toyvid_heldout() -> list[str]:
+    """Grammar prompts past the first 108 of the `toyvid` order (room for prompts.eval_count up to 108), in
+    an order balanced the same way: the held-out set of the embedded demo."""
+    eval_side = set(_toyvid_balanced()[:108])
+    remaining = [p for p in world.all_prompts() if p.text not in eval_side]
+    return _balanced(remaining)
+
+
+BUILTIN = {"toyvid": _toyvid_balanced, "toyvid_heldout": _toyvid_heldout}
+HELDOUT_SEED_BASE = 2_000_000  # held-out seeds: far from the evaluation seeds (0...) and the pairs' (1_000_000...)
 
 
 @dataclass(frozen=True)
@@ -98,8 +111,13 @@ def load_prompts(spec: str, key: str = "prompts.eval") -> list[str]:
     return read_prompt_file(Path(spec), key)
 
 
-def eval_set(spec: str, count: int, seeds_per_prompt: int, seed_base: int) -> EvalSet:
-    prompts = load_prompts(spec)
+def eval_set(spec: str, count: int, seeds_per_prompt: int, seed_base: int, key: str = "prompts.eval") -> EvalSet:
+    prompts = load_prompts(spec, key)
     ids = list(range(len(prompts) if count == 0 else min(count, len(prompts))))  # the first `count`
     rows = [(prompts[i], seed_base + j * seeds_per_prompt + s, i) for j, i in enumerate(ids) for s in range(seeds_per_prompt)]
     return EvalSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+
+def heldout_set(spec: str, count: int, seeds_per_prompt: int, run_seed: int) -> EvalSet:
+    """The outcome's prompts and seeds (prompts.heldout): seeds of their own, from HELDOUT_SEED_BASE."""
+    return eval_set(spec, count, seeds_per_prompt, run_seed + HELDOUT_SEED_BASE, key="prompts.heldout")

@@ -22,6 +22,7 @@ from vip.report.collect import RunData, StageData, read_run
 from vip.report.doc import (NOT_YET, Block, Code, CodeBlock, Figure, Heading, Missing, Para, Strong, Table, to_html,
                             to_markdown)
 from vip.rewards.base import ASPECTS
+from vip.steps.outcome import scored_on_line
 from vip.store import atomic_write_text
 
 SHORT = {"visual_quality": "VQ", "temporal_consistency": "TC", "dynamic_degree": "DD", "text_alignment": "TA"}
@@ -311,6 +312,7 @@ class Builder:
                          f"{o['full']['total']:.3f}; recovered {recovered(row)} of the drop{worse}) with "
                          f"{o['params']['student']:,} of {o['params']['full']:,} denoiser parameters "
                          f"({100 * o['params']['student'] / o['params']['full']:.1f}%)."]))
+        out.append(Para([scored_on_line(o).capitalize() + "."]))
         return out
 
     def build(self) -> list[Block]:

@@ -19,7 +19,7 @@ from vip.config import Config, ConfigError
 from vip.evaluate import evaluate
 from vip.models.base import VideoModel
 from vip.models.registry import base_model_path, load_video_model
-from vip.prompts.sets import EvalSet, eval_set
+from vip.prompts.sets import EvalSet, eval_set, heldout_set
 from vip.rewards.base import RewardModel
 from vip.rewards.registry import load_reward
 from vip.store import IncompleteError, RunDir, sha256_tree
@@ -105,3 +105,10 @@ class StageContext:
     def eval_set(self) -> EvalSet:
         p = self.cfg.prompts
         return eval_set(p.eval, p.eval_count, p.seeds_per_prompt, self.cfg.run.seed)
+
+    @cached_property
+    def heldout_set(self) -> EvalSet | None:
+        """The outcome's prompts and seeds, which leave-one-out and curation never see; None: prompts.heldout
+        is unset and the outcome is scored on the evaluation set."""
+        p = self.cfg.prompts
+        return heldout_set(p.heldout, p.heldout_count, p.seeds_per_prompt, self.cfg.run.seed) if p.heldout else None

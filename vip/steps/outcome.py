@@ -1,11 +1,18 @@
-"""The end of a stage: score the ReDPO-trained student on the evaluation set, beside the full
-teacher and the pruned student before training (the paper's Table B, one stage per row group)."""
+"""The end of a stage: score the ReDPO-trained student beside the full teacher and the pruned student
+before training (the paper's Table B, one stage per row group).
+
+With prompts.heldout set, all three are scored on the held-out prompts and seeds, which neither
+leave-one-out (which chose the units, and so flatters the pruned student on its own prompts) nor curation
+saw; `scored_on` says which set, and `on_eval` keeps the evaluation-set figures beside them."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from vip.evaluate import mean_scores
+import numpy as np
+
+from vip import provenance as prov
+from vip.evaluate import evaluate, mean_scores
 from vip.models.registry import load_video_model
 from vip.steps import target
 from vip.steps.context import StageContext
@@ -31,21 +38,58 @@ def run(ctx: StageContext) -> dict:
 
 def score_trained(ctx: StageContext, tgt: dict, trained_dir: Path) -> dict:
     """The outcome record of the student in `trained_dir` (a trainer's final/, beside its done.json):
-    its scores on the evaluation set beside the full and pruned scores of `tgt` (target.json)."""
+    its scores beside the full and pruned ones, on the held-out set when there is one (else those of
+    `tgt`, target.json, on the evaluation set)."""
     trained = load_video_model(ctx.cfg.model, trained_dir)
     done = json.loads((trained_dir.parent / "done.json").read_text())
-    if done.get("skipped"):  # the untrained pruned student: its scores are the target step's
-        redpo = dict(tgt["pruned"])
+    skipped = bool(done.get("skipped"))  # the untrained pruned student: its scores are the pruned ones
+    on_eval = {"full": tgt["teacher"], "pruned": tgt["pruned"],
+               "redpo": dict(tgt["pruned"]) if skipped else mean_scores(ctx.score_eval_set(trained))}
+    hs = ctx.heldout_set
+    if hs is None:
+        scores, scored_on = on_eval, {"set": "eval", "spec": ctx.cfg.prompts.eval, "samples": len(ctx.eval_set.prompts)}
     else:
-        redpo = mean_scores(ctx.score_eval_set(trained))
-    return {
-        "stage": ctx.stage, "targets": tgt["targets"],
-        "full": tgt["teacher"], "pruned": tgt["pruned"], "redpo": redpo,
+        pruned = mean_scores(_heldout(ctx, load_video_model(ctx.cfg.model, ctx.pruned_path())))
+        scores = {"full": mean_scores(teacher_heldout_scores(ctx)), "pruned": pruned,
+                  "redpo": dict(pruned) if skipped else mean_scores(_heldout(ctx, trained))}
+        scored_on = {"set": "heldout", "spec": ctx.cfg.prompts.heldout, "samples": len(hs.prompts),
+                     "prompts": len(set(hs.prompts)), "seeds": [min(hs.seeds), max(hs.seeds)],
+                     "prompts_sha256": prov.texts_sha256(hs.prompts)}
+    record = {
+        "stage": ctx.stage, "targets": tgt["targets"], **scores, "scored_on": scored_on,
         "training": done.get("skipped") or f"{done['steps']} steps on {done['pairs']} pairs",
         "params": {"full": ctx.teacher.num_params(), "student": trained.num_params()},
         "removed_units": json.loads((trained_dir / "removed_units.json").read_text()),
         "config_sha256": ctx.cfg.hash(),
     }
+    if hs is not None:
+        record["on_eval"] = on_eval
+    return record
+
+
+def _heldout(ctx: StageContext, model) -> np.ndarray:
+    hs = ctx.heldout_set
+    return evaluate(model, ctx.reward, hs.prompts, hs.seeds, ctx.cfg.loo.batch_size, timed=ctx.timed)
+
+
+def teacher_heldout_path(ctx: StageContext) -> Path:
+    return ctx.run.path / "teacher" / "heldout.h5"
+
+
+def teacher_heldout_scores(ctx: StageContext) -> np.ndarray:
+    """M0 on the held-out set, computed once per run (every stage compares against the same teacher)."""
+    return target.cached_teacher_scores(ctx, teacher_heldout_path(ctx), lambda: _heldout(ctx, ctx.teacher))
+
+
+def scored_on_line(outcome: dict) -> str:
+    """Which prompts the outcome's figures are from: the held-out set, or (before it existed, or unset)
+    the evaluation set that chose the units."""
+    on = outcome.get("scored_on") or {"set": "eval"}
+    if on["set"] == "heldout":
+        return (f"scored on held-out prompts (prompts.heldout={on['spec']}: {on['samples']} samples of {on['prompts']} "
+                "prompts and seeds that neither leave-one-out nor curation saw)")
+    return ("scored on the evaluation prompts that chose the units (set prompts.heldout for prompts the stage "
+            "never saw)")
 
 
 def load(ctx: StageContext) -> dict | None:

@@ -48,8 +48,10 @@ def read_plan(stage_dir: Path) -> dict | None:
 
 
 def curation_prompts(ctx: StageContext, targets: list[str]) -> list[str]:
-    """The union of the targets' filtered sets, in order, without repeats; the first max_prompts."""
-    seen, prompts = set(), []
+    """The union of the targets' filtered sets, in order, without repeats and without the held-out prompts;
+    the first max_prompts."""
+    # the held-out prompts score the outcome: curation never trains on them
+    seen, prompts = set(ctx.heldout_set.prompts if ctx.heldout_set else ()), []
     for aspect in targets:
         for p in prompt_filter.prompts_for(ctx.run, aspect):
             if p not in seen:

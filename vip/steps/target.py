@@ -26,19 +26,23 @@ def teacher_eval_path(ctx: StageContext) -> Path:
 
 def teacher_eval_scores(ctx: StageContext) -> np.ndarray:
     """M0 on the evaluation set, computed once per run (stage 1's leave-one-out already has it)."""
-    path = teacher_eval_path(ctx)
+    def compute() -> np.ndarray:
+        merged = ctx.run.stage(1) / "loo.h5"
+        if merged.is_file():
+            arrays, attrs = read_h5(merged)
+            if attrs.get("model_sha256") == ctx.teacher_sha256:  # stage 1's M is M0
+                return arrays["scores"][[str(v) for v in arrays["variants"]].index(loo.FULL)]
+        return ctx.score_eval_set(ctx.teacher)
+    return cached_teacher_scores(ctx, teacher_eval_path(ctx), compute)
+
+
+def cached_teacher_scores(ctx: StageContext, path: Path, compute) -> np.ndarray:
+    """M0's scores on a fixed set of samples, kept at `path` for the run's config and teacher."""
     if path.is_file():
         arrays, attrs = read_h5(path)
         if attrs.get("config_sha256") == ctx.cfg.hash() and attrs.get("teacher_sha256") == ctx.teacher_sha256:
             return arrays["scores"]
-    merged = ctx.run.stage(1) / "loo.h5"
-    scores = None
-    if merged.is_file():
-        arrays, attrs = read_h5(merged)
-        if attrs.get("model_sha256") == ctx.teacher_sha256:  # stage 1's M is M0
-            scores = arrays["scores"][[str(v) for v in arrays["variants"]].index(loo.FULL)]
-    if scores is None:
-        scores = ctx.score_eval_set(ctx.teacher)
+    scores = compute()
     write_h5(path, {"scores": scores}, {"config_sha256": ctx.cfg.hash(), "teacher_sha256": ctx.teacher_sha256,
                                         "aspects": json.dumps(ASPECTS)})
     return scores

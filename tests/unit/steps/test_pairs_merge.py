@@ -91,3 +91,17 @@ def test_with_every_shard_back_the_same_shards_merge(stage):
     assert pairs.pairs_path(ctx).is_file() and pairs.load(ctx)["candidates"] == 2
     for p in (pairs.pairs_path(ctx), pairs.report_path(ctx), ctx.dir / "curation.png"):
         p.unlink(missing_ok=True)
+
+
+def test_curation_never_takes_a_heldout_prompt(monkeypatch):
+    from types import SimpleNamespace
+
+    from vip.prompts.sets import EvalSet
+    from vip.steps import pairs as pairs_step
+    filtered = {"visual_quality": ["a", "b", "c"], "dynamic_degree": ["c", "d", "e"]}
+    monkeypatch.setattr(pairs_step.prompt_filter, "prompts_for", lambda run, aspect: filtered[aspect])
+    ctx = SimpleNamespace(run=None, cfg=SimpleNamespace(curate=SimpleNamespace(max_prompts=3)), heldout_set=None)
+    targets = ["visual_quality", "dynamic_degree"]
+    assert pairs_step.curation_prompts(ctx, targets) == ["a", "b", "c"]
+    ctx.heldout_set = EvalSet(["b", "d", "b"], [7, 8, 9], [0, 1, 0])
+    assert pairs_step.curation_prompts(ctx, targets) == ["a", "c", "e"]
