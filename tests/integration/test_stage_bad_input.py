@@ -96,6 +96,11 @@ CASES = {  # name: (overrides, text the line names, entry points)
                                       ["stage"]),
     "control character in filter.source": (["filter.source={bad}/control.txt"], ["filter.source", "line 2"],
                                            ["filter"]),
+    # the held-out set must be prompts leave-one-out never scores
+    "held-out prompts that are evaluation prompts": (["prompts.heldout=toyvid"], ["prompts.heldout", "24 of its prompts"],
+                                                     ["stage", "render"]),
+    "missing held-out file": (["prompts.heldout=/nonexistent/h.txt"], ["prompts.heldout", "/nonexistent/h.txt"],
+                              ["step"]),
 }
 
 
