@@ -9,6 +9,14 @@
     python -m vip.bench gpu-train [--size 256] [--frames 16] [--compile] [--json out.json]
     python -m vip.bench adaptive [--tables runs/demo2/stage1/loo.h5 ...]
     python -m vip.bench plot-breakdown --tables a.json b.json --out where.png
+    python -m vip.bench loo-budget [--workers N] [--seeds 0 1 2] [--stages 3] [--budget-s S] [--json out.json]
+                                   [--from-json out.json] [--reuse out.json]
+
+`loo-budget` (vip/bench/loo_budget.py): how much cheaper leave-one-out evaluation (fewer sampler steps, other
+samplers, fewer prompts, adaptive rounds, fewer reward frames, and their combinations) still chooses the
+units of the exhaustive evaluation, on the teacher and its pruned stand-ins for later stages, per run.seed;
+`--from-json` repeats the analysis on a dump's tables without generating; `--reuse` generates only what
+a dump lacks (e.g. the fewer-step tables after a run that had time for the references only).
 
 `gpu-loo` and `gpu-train` build AnimateDiff at its published size (SD1.5 U-Net + v1-5-2 motion
 adapter, random weights, nothing downloaded; `--scale N` divides every width, for the CPU test
@@ -528,6 +536,49 @@ def bench_gpu_train(args) -> list:
     return rows
 
 
+def bench_loo_budget(args) -> dict:
+    import json
+
+    from vip.bench import loo_budget
+
+    if args.from_json:
+        dump = json.loads(Path(args.from_json).read_text())
+        out = {**dump, **loo_budget.from_raw(dump["raw"], dump["reference"], dump["k"])}
+    else:
+        import diffusers
+        print(f"machine: {platform.machine()} {os.cpu_count()} cpus, {_cpu_name()}; torch "
+              f"{torch.__version__}, diffusers {diffusers.__version__}; {args.workers} workers x 1 thread; "
+              f"date {time.strftime('%Y-%m-%d')}", flush=True)
+        reuse = json.loads(Path(args.reuse).read_text())["raw"] if args.reuse else None
+        out = loo_budget.study(args.config, args.overrides, args.seeds, args.workers, args.stages,
+                               budget_s=args.budget_s, reuse=reuse, log=lambda m: print(m, flush=True))
+        out["machine"] = {"cpu": _cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "diffusers": diffusers.__version__, "date": time.strftime("%Y-%m-%d")}
+        busy = out["busy_s"]
+        print(f"wall {out['wall_s']:.1f} s for {out['tasks_done']} tasks ({out['tasks_reused']} reused, "
+              f"{out['tasks_cut']} cut by --budget-s); "
+              f"worker time: generate {busy['generate']:.1f} s, score {busy['score']:.1f} s "
+              f"({100 * busy['score'] / max(1e-9, sum(busy.values())):.2f}%)")
+    print(f"reference: {out['reference']} on every prompt, k={out['k']}; tables: {', '.join(out['tables'])}")
+    for key, t in out["raw"].items():
+        ref_row = next(r for r in out["per_table"] if f"{r['model']}|{r['seed']}" == key)
+        print(f"  {key.replace('|', ', seed ')}: {len(t['variants']) - 1} units (removed before: {len(t['removed'])}), "
+              f"exhaustive choice {ref_row['reference']}")
+    print(loo_budget.format_summary(out))
+    _dump(args, out)
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
 def plot_breakdowns(args) -> None:
     """Every row with a breakdown in the given --json dumps of gpu-denoiser / gpu-train, as one chart."""
     import json
@@ -550,7 +601,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m vip.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["loo", "train", "train-one", "gpu-loo", "gpu-denoiser", "gpu-train", "gpu-reward",
-                                     "adaptive", "plot-breakdown"])
+                                     "adaptive", "plot-breakdown", "loo-budget"])
     g = ap.add_argument_group("gpu-loo / gpu-train (AnimateDiff size, random weights)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--size", type=int, default=256)
@@ -586,6 +637,13 @@ def main() -> None:
                    help="adaptive: recorded loo.h5 files; plot-breakdown: --json dumps of gpu-denoiser / gpu-train")
     g.add_argument("--out", default="breakdown.png", help="plot-breakdown: the PNG to write")
     g.add_argument("--title", default="", help="plot-breakdown: chart title")
+    b = ap.add_argument_group("loo-budget")
+    b.add_argument("--workers", type=int, default=os.cpu_count(), help="processes, one torch thread each (0 = this one)")
+    b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run.seed of each table")
+    b.add_argument("--stages", type=int, default=3, help="the model, then its pruned stand-ins for later stages")
+    b.add_argument("--budget-s", type=float, default=0.0, help="start no task after this many seconds (0 = none)")
+    b.add_argument("--from-json", default="", help="analyse the tables of an earlier --json dump, generate nothing")
+    b.add_argument("--reuse", default="", help="take the rows an earlier --json dump holds from it, generate the rest")
     ap.add_argument("--steps", type=int, default=None,
                     help="train: timed optimizer steps per configuration (10); gpu-*: DDIM steps (25)")
     ap.add_argument("--mode", choices=list(TRAIN_MODES), help=argparse.SUPPRESS)
@@ -600,6 +658,8 @@ def main() -> None:
                     "gpu-reward": bench_gpu_reward}[args.what](args)
         if args.what == "plot-breakdown":
             return plot_breakdowns(args)
+        if args.what == "loo-budget":
+            return bench_loo_budget(args)
         if args.what == "adaptive":
             from vip.bench.adaptive import bench_adaptive
             return bench_adaptive(args)
