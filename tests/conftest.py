@@ -97,3 +97,34 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):  # a module-level skip or importorskip
     outcome = yield
     _fail_a_skip(outcome.get_result())
+
+
+# --- Order for two xdist workers: pytest-xdist's worksteal hands each worker one half of the collection, in
+# order, and a worker that runs dry steals from the END of the other's queue. So the heavy modules go first in
+# each half, shared between the halves by weight: they start at once instead of ending the run late. A module
+# stays whole (its module-scoped fixture, e.g. the stage loop's two stages, runs once). Weights are rough.
+def _weight(item) -> int:
+    if item.get_closest_marker("slow") is not None:
+        return 60
+    return 8 if "integration" in item.nodeid else 1
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: the split point counts what runs
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("PYTEST_XDIST_WORKER_COUNT") != "2":
+        return
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    heavy = sorted((m for m in modules.values() if sum(map(_weight, m)) >= 60), key=lambda m: -sum(map(_weight, m)))
+    light = [m for m in modules.values() if sum(map(_weight, m)) < 60]
+    halves, loads = ([], []), [0, 0]
+    for m in heavy:  # greedy: the next heaviest module to the lighter half
+        i = loads.index(min(loads))
+        halves[i].extend(m)
+        loads[i] += sum(map(_weight, m))
+    # light tests fill the first half up to the split point (half the items), so the second half starts
+    # with its heavy modules; a light module may be cut at the split
+    rest = [item for m in light for item in m]
+    fill = max(0, len(items) // 2 - len(halves[0]))
+    items[:] = halves[0] + rest[:fill] + halves[1] + rest[fill:]

@@ -150,6 +150,9 @@ class TrainConfig:
     # (AnimateDiff: ResNets, attentions and motion modules; 16 pairs of 16x256x256 fit in 47 GB) | none
     checkpointing: str = "backbone"
     compile: bool = False  # regional torch.compile of policy, teacher and reference (vip/train/regions.py)
+    # torch.compile's backend: inductor (the speed); aot_eager traces and runs the same graphs without code
+    # generation (how the CPU tests check the regions; Inductor's CPU code is not what a GPU runs anyway)
+    compile_backend: str = "inductor"
     nprocs: int = 1  # processes per node when jobs/stage.py launches training itself (not in the config hash)
 
 
@@ -210,12 +213,12 @@ class Config:
 
     def hash(self) -> str:
         """sha256 of what determines results (everything but `runtime`, `slurm`, the local process
-        count `train.nprocs` and the trainer's speed switches `train.checkpointing` / `train.compile`:
+        count `train.nprocs` and the trainer's speed switches `train.checkpointing` / `train.compile[_backend]`:
         how to run; a checkpoint resumes on another world size or with them changed)."""
         d = self.to_dict()
         d.pop("runtime")
         d.pop("slurm")
-        for key in ("nprocs", "checkpointing", "compile"):
+        for key in ("nprocs", "checkpointing", "compile", "compile_backend"):
             d["train"].pop(key)
         # the sampler preset changes nothing for other backbones, and `diffusers` is the sampler from before
         # the key existed: left out then, so those runs keep their hash
@@ -247,6 +250,7 @@ SAMPLER_PRESETS = ("animatediff_official", "diffusers")  # vip.models.animatedif
 _CHOICES = {"filter.backend": ("toyvid", "gemini"), "train.reference": ("teacher", "student"),
             "train.sft_target": ("teacher", "noise"), "train.loss": ("redpo", "sft", "dpo"),
             "loo.engine": ("plain", "batched"), "train.checkpointing": ("backbone", "every_block", "none"),
+            "train.compile_backend": ("inductor", "aot_eager", "cudagraphs"),
             "model.dtype": _DTYPES, "reward.dtype": _DTYPES, "model.sampler_preset": SAMPLER_PRESETS}
 
 

@@ -69,7 +69,8 @@ def test_hash_ignores_how_to_run_only():
     a = config.load(None)
     assert a.hash() == config.load(None, ["runtime.progress=false", "runtime.threads=1"]).hash()
     assert a.hash() == config.load(None, ["slurm.nodes=4", "train.nprocs=8"]).hash()  # resumable on another size
-    assert a.hash() == config.load(None, ["train.checkpointing=every_block", "train.compile=true"]).hash()
+    assert a.hash() == config.load(None, ["train.checkpointing=every_block", "train.compile=true"]).hash() == \
+        config.load(None, ["train.compile=true", "train.compile_backend=aot_eager"]).hash()
     assert a.hash() != config.load(None, ["select.k=3"]).hash()
     assert a.hash() != config.load(None, ["train.batch_size=8"]).hash()
 

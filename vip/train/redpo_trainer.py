@@ -283,7 +283,7 @@ def train(run: RunDir, cfg: Config, stage: int, progress: bool = True) -> int:
         for module in (policy, teacher.trainable_module(), reference):
             if module is not None:
                 use_short_attention(module)  # motion modules' 16-frame attention as bmms: compiled, it pays
-                compile_regions(module)
+                compile_regions(module, tc.compile_backend)
     optim = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, tc.warmup_steps, total, tc.lr, tc.min_lr))
     load_dir = ensure_universal(ckpt, found[0], rank, saved_world, world) if load_universal else ckpt

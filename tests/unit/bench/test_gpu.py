@@ -109,9 +109,8 @@ def test_peak_and_mfu():
 @pytest.mark.slow  # Dynamo traces every region, forward and backward: a minute on 2 shared cores
 def test_compiled_redpo_step_matches_eager(built):
     """The bench's compiled row: regions traced and compiled with every block checkpointed, then undone.
-    Dynamo and AOT autograd with the aot_eager backend (no code generation): Inductor's own code is
-    exercised where the product uses it, tests/integration/test_train_redpo.py (train.compile=true),
-    which is the one Inductor compile on the CPU the suite pays for."""
+    Dynamo and AOT autograd with the aot_eager backend (no code generation; docs/decisions.md says why
+    the suite compiles nothing with Inductor on the CPU)."""
     import copy
     model, _ = built
     # same weights, same data (each configuration seeds its own generator): the first step's loss
