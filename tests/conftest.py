@@ -101,12 +101,22 @@ def pytest_make_collect_report(collector):  # a module-level skip or importorski
 
 # --- Order for two xdist workers: pytest-xdist's worksteal hands each worker one half of the collection, in
 # order, and a worker that runs dry steals from the END of the other's queue. So the heavy modules go first in
-# each half, shared between the halves by weight: they start at once instead of ending the run late. A module
-# stays whole (its module-scoped fixture, e.g. the stage loop's two stages, runs once). Weights are rough.
-def _weight(item) -> int:
-    if item.get_closest_marker("slow") is not None:
-        return 60
-    return 8 if "integration" in item.nodeid else 1
+# each half, shared between the halves by their seconds: they start at once instead of ending the run late. A
+# module stays whole (its module-scoped fixture, e.g. the stage loop's two stages, runs once).
+# Worker seconds of the heavy modules, rounded, from the full run of 2026-12-02 on 2 loaded cores; any other
+# module counts 8 s per integration test and 1 s per unit test. Only the order depends on them.
+MODULE_SECONDS = {
+    "tests/integration/test_stage_bad_input.py": 700, "tests/integration/test_train_redpo.py": 650,
+    "tests/integration/test_whole_stage.py": 560, "tests/integration/test_stage_loop.py": 380,
+    "tests/integration/test_shard_provenance.py": 350, "tests/integration/test_train_world_size.py": 280,
+    "tests/integration/test_adaptive_loo_step.py": 210, "tests/unit/bench/test_gpu.py": 200,
+    "tests/integration/test_experiment.py": 120, "tests/integration/test_gemini_http.py": 110,
+    "tests/integration/test_teacher_quality.py": 60, "tests/integration/test_render_sbatch_cli.py": 60,
+}
+
+
+def _seconds(module: str, items: list) -> int:
+    return MODULE_SECONDS.get(module) or sum(8 if "integration" in i.nodeid else 1 for i in items)
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection: the split point counts what runs
@@ -116,15 +126,14 @@ def pytest_collection_modifyitems(config, items):
     modules: dict[str, list] = {}
     for item in items:
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
-    heavy = sorted((m for m in modules.values() if sum(map(_weight, m)) >= 60), key=lambda m: -sum(map(_weight, m)))
-    light = [m for m in modules.values() if sum(map(_weight, m)) < 60]
+    heavy = sorted((m for m in modules if _seconds(m, modules[m]) >= 60), key=lambda m: -_seconds(m, modules[m]))
     halves, loads = ([], []), [0, 0]
     for m in heavy:  # greedy: the next heaviest module to the lighter half
         i = loads.index(min(loads))
-        halves[i].extend(m)
-        loads[i] += sum(map(_weight, m))
+        halves[i].extend(modules[m])
+        loads[i] += _seconds(m, modules[m])
     # light tests fill the first half up to the split point (half the items), so the second half starts
     # with its heavy modules; a light module may be cut at the split
-    rest = [item for m in light for item in m]
+    rest = [item for m in modules if m not in heavy for item in modules[m]]
     fill = max(0, len(items) // 2 - len(halves[0]))
     items[:] = halves[0] + rest[:fill] + halves[1] + rest[fill:]
