@@ -257,3 +257,17 @@ def test_slurm_values_are_one_line_sbatch_options():
     msg = "config key 'slurm.extra' holds sbatch options like '--reservation=x' (one line each), got {!r}"
     assert _error(data={"slurm": {"extra": ["reservation"]}}) == msg.format("reservation")
     assert _error(data={"slurm": {"extra": ["--reservation=x\n#SBATCH --x"]}}) == msg.format("--reservation=x\n#SBATCH --x")
+
+
+@pytest.mark.parametrize("name", ["toyvid", "adaptive", "animatediff"])
+def test_run_directories_made_before_keep_their_config_hash(tmp_path, name):
+    """A run frozen by the code before this layout (tests/data/runs_before/README.md) is the same run today."""
+    import shutil
+
+    from vip.store import RunDir
+    old = ROOT / "tests/data/runs_before" / name
+    cfg = config.load(old / "config.yaml")
+    assert cfg.hash() == (old / "config.sha256").read_text().strip()
+    run = RunDir(shutil.copytree(old, tmp_path / name))
+    run.freeze(cfg)  # accepted: not "made with another config"
+    assert (run.path / "config.sha256").read_text() == (old / "config.sha256").read_text()
