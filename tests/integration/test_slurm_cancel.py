@@ -122,17 +122,19 @@ def test_scancel_of_the_rendered_train_sbatch_stops_it(tmp_path, untrained_dir):
 
 
 def test_the_time_limit_still_requeues_training(tmp_path, untrained_dir, monkeypatch):
-    """The other side: the time limit's signal (`--signal=USR1@30` on a 1-minute job, sent by Slurm
-    itself) makes the trainer save and the job requeue itself; the first run ends REQUEUED, not TIMEOUT."""
+    """The other side: the time limit's signal (`--signal=USR1@60` on a 3-minute job, sent by Slurm
+    itself) makes the trainer save and the job requeue itself; the first run ends REQUEUED, not TIMEOUT.
+    (Slurm may send the signal up to 60 s before it is due: with USR1@30 on a 1-minute job it could come
+    before a loaded machine had even imported torch, and the test failed in CI and here.)"""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run = make_train_run(tmp_path / "run", untrained_dir,
-                         overrides=[*OVERRIDES, "slurm.time=1", "slurm.signal_delay_s=30", "train.epochs=20"])
+                         overrides=[*OVERRIDES, "slurm.time=3", "slurm.signal_delay_s=60", "train.epochs=200"])
     cfg = config.load(run.path / "config.yaml")
     ctx = StageContext(run, cfg, 1)
     atomic_write_json(pairs.report_path(ctx), {"config_sha256": cfg.hash()})
     ledger = Ledger(ctx.dir)
     (job,) = submit.Submitter().job(ctx, "train", "train", [], submit.train_job)
-    wait_for(lambda: any(e["event"] == "requeue" for e in ledger.events("train")), 150,
+    wait_for(lambda: any(e["event"] == "requeue" for e in ledger.events("train")), 240,
              "the time limit's signal to requeue the job", poll=0.5)
     wait_for(lambda: " Restarts=1 " in f" {sh('scontrol', 'show', 'job', '-o', job)} ", 60, "the requeue")
     sh("scancel", job)  # enough: the requeued run is not needed
