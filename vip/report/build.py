@@ -312,7 +312,8 @@ class Builder:
                          f"{o['full']['total']:.3f}; recovered {recovered(row)} of the drop{worse}) with "
                          f"{o['params']['student']:,} of {o['params']['full']:,} denoiser parameters "
                          f"({100 * o['params']['student'] / o['params']['full']:.1f}%)."]))
-        out.append(Para([scored_on_line(o).capitalize() + "."]))
+        line = scored_on_line(o)
+        out.append(Para([line[0].upper() + line[1:] + "."]))
         return out
 
     def build(self) -> list[Block]:
