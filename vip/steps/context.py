@@ -98,8 +98,11 @@ class StageContext:
 
     def score_eval_set(self, model: VideoModel) -> np.ndarray:
         """Scores [samples, aspects] of `model` on this run's fixed evaluation prompts and seeds."""
-        es = self.eval_set
-        return evaluate(model, self.reward, es.prompts, es.seeds, self.cfg.loo.batch_size, timed=self.timed)
+        return self.score_set(model, self.eval_set)
+
+    def score_set(self, model: VideoModel, samples: EvalSet) -> np.ndarray:
+        """Scores [samples, aspects] of `model` on fixed prompts and seeds (the evaluation or held-out set)."""
+        return evaluate(model, self.reward, samples.prompts, samples.seeds, self.cfg.loo.batch_size, timed=self.timed)
 
     @cached_property
     def eval_set(self) -> EvalSet:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vip import provenance as prov
-from vip.evaluate import evaluate, mean_scores
+from vip.evaluate import mean_scores
 from vip.models.registry import load_video_model
 from vip.steps import target
 from vip.steps.context import StageContext
@@ -49,9 +49,9 @@ def score_trained(ctx: StageContext, tgt: dict, trained_dir: Path) -> dict:
     if hs is None:
         scores, scored_on = on_eval, {"set": "eval", "spec": ctx.cfg.prompts.eval, "samples": len(ctx.eval_set.prompts)}
     else:
-        pruned = mean_scores(_heldout(ctx, load_video_model(ctx.cfg.model, ctx.pruned_path())))
+        pruned = mean_scores(ctx.score_set(ctx.student, hs))
         scores = {"full": mean_scores(teacher_heldout_scores(ctx)), "pruned": pruned,
-                  "redpo": dict(pruned) if skipped else mean_scores(_heldout(ctx, trained))}
+                  "redpo": dict(pruned) if skipped else mean_scores(ctx.score_set(trained, hs))}
         scored_on = {"set": "heldout", "spec": ctx.cfg.prompts.heldout, "samples": len(hs.prompts),
                      "prompts": len(set(hs.prompts)), "seeds": [min(hs.seeds), max(hs.seeds)],
                      "prompts_sha256": prov.texts_sha256(hs.prompts)}
@@ -67,18 +67,14 @@ def score_trained(ctx: StageContext, tgt: dict, trained_dir: Path) -> dict:
     return record
 
 
-def _heldout(ctx: StageContext, model) -> np.ndarray:
-    hs = ctx.heldout_set
-    return evaluate(model, ctx.reward, hs.prompts, hs.seeds, ctx.cfg.loo.batch_size, timed=ctx.timed)
-
-
 def teacher_heldout_path(ctx: StageContext) -> Path:
     return ctx.run.path / "teacher" / "heldout.h5"
 
 
 def teacher_heldout_scores(ctx: StageContext) -> np.ndarray:
     """M0 on the held-out set, computed once per run (every stage compares against the same teacher)."""
-    return target.cached_teacher_scores(ctx, teacher_heldout_path(ctx), lambda: _heldout(ctx, ctx.teacher))
+    return target.cached_teacher_scores(ctx, teacher_heldout_path(ctx),
+                                        lambda: ctx.score_set(ctx.teacher, ctx.heldout_set))
 
 
 def scored_on_line(outcome: dict) -> str:
