@@ -90,7 +90,12 @@ class LooConfig:
 
 @dataclass
 class SelectConfig:
-    k: int = 4  # units removed per stage (the paper: 4)
+    # units removed per stage (the paper: 4); a list is per stage, its last entry for the stages after it
+    # (select.k=8,2: 8 in stage 1, 2 in stage 2 and later); k: 4 in YAML or select.k=4 reads as [4]
+    k: list[int] = field(default_factory=lambda: [4])
+
+    def k_at(self, stage: int) -> int:
+        return self.k[min(stage, len(self.k)) - 1]
 
 
 @dataclass
@@ -116,6 +121,9 @@ class CurateConfig:
     max_prompts: int = 48  # target-filtered prompts used for pairs (the first N); 0 = all
     seeds_per_prompt: int = 3  # candidate pairs per prompt
     alpha: float = 0.3  # keep a pair only if its unpreferred target score >= mean - alpha * std
+    # one target that keeps fewer than train.min_pairs: the next aspect that dropped, on the same candidates
+    # (vip.curation.curate_with_fallback); false = the largest drop only, and the stage may skip training
+    fallback: bool = True
     samples_per_task: int = 48
     batch_size: int = 16
 
@@ -125,6 +133,9 @@ class TrainConfig:
     """ReDPO training of the pruned student (main paper Sec. 3; Diffusion-DPO, Wallace et al.)."""
 
     loss: str = "redpo"  # redpo (DPO + w_sft * SFT) | sft (distillation only: the paper's SFT baseline) | dpo
+    # A named set of reference, beta, w_sft, lr and min_lr (RECIPES); keys set in the file or on the command line
+    # win over it. "" = those keys alone. Out of the hash: the values it resolves to are in it.
+    recipe: str = ""
     beta: float = 5000.0  # Diffusion-DPO's beta (not published for V.I.P.)
     w_sft: float = 1.0e6  # weight of the SFT (distillation) term; the paper's VideoCrafter2 value
     reference: str = "teacher"  # DPO reference: teacher (frozen full M0) | student (frozen initial student)
@@ -214,11 +225,12 @@ class Config:
     def hash(self) -> str:
         """sha256 of what determines results (everything but `runtime`, `slurm`, the local process
         count `train.nprocs` and the trainer's speed switches `train.checkpointing` / `train.compile[_backend]`:
-        how to run; a checkpoint resumes on another world size or with them changed)."""
+        how to run; a checkpoint resumes on another world size or with them changed), and `train.recipe`,
+        whose values are hashed as the keys they set)."""
         d = self.to_dict()
         d.pop("runtime")
         d.pop("slurm")
-        for key in ("nprocs", "checkpointing", "compile", "compile_backend"):
+        for key in ("nprocs", "checkpointing", "compile", "compile_backend", "recipe"):
             d["train"].pop(key)
         # the sampler preset changes nothing for other backbones, and `diffusers` is the sampler from before
         # the key existed: left out then, so those runs keep their hash
@@ -227,6 +239,10 @@ class Config:
         if not d["prompts"]["heldout"]:  # scored on the evaluation set, as before the keys existed
             for key in ("heldout", "heldout_count"):
                 d["prompts"].pop(key)
+        if d["curate"]["fallback"]:  # the default: hashed as before the key existed (a curation.json made then
+            d["curate"].pop("fallback")  # stays; only a target that kept too few pairs would differ)
+        if len(d["select"]["k"]) == 1:  # one k for every stage: hashed as the int it was before lists
+            d["select"]["k"] = d["select"]["k"][0]
         if not d["loo"]["adaptive"]:  # these keys change nothing then, and runs planned before they existed stay valid
             for key in ("adaptive", "adaptive_z", "adaptive_first"):
                 d["loo"].pop(key)
@@ -246,18 +262,31 @@ _NON_NEGATIVE = {"model.frames", "model.height", "model.width", "model.fps", "re
                  "slurm.mem_gb", "slurm.gpus_per_node", "slurm.array_gpus", "slurm.array_parallelism",
                  "slurm.max_requeues", "slurm.signal_delay_s", "slurm.packed_ranks"}
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+# train.recipe -> the train.* values it stands for (docs/decisions.md, "The demo's recipe").
+# paper: the frozen full teacher as the DPO reference and Diffusion-DPO's beta, as the paper's method figure
+#   has it; w_SFT and lr are not published, these are the values the toyvid demo ran with before.
+# revised: a frozen copy of the initial student as the reference, a 10x smaller lr, and a DPO term that the
+#   SFT term does not drown out (docs/results.md, Table D revised and the w_SFT sweep).
+RECIPES = {
+    "paper": {"reference": "teacher", "beta": 5000.0, "w_sft": 1000.0, "lr": 1.0e-4, "min_lr": 1.0e-5},
+    "revised": {"reference": "student", "beta": 500.0, "w_sft": 100.0, "lr": 1.0e-5, "min_lr": 1.0e-6},
+}
 SAMPLER_PRESETS = ("animatediff_official", "diffusers")  # vip.models.animatediff builds each
 _CHOICES = {"filter.backend": ("toyvid", "gemini"), "train.reference": ("teacher", "student"),
             "train.sft_target": ("teacher", "noise"), "train.loss": ("redpo", "sft", "dpo"),
             "loo.engine": ("plain", "batched"), "train.checkpointing": ("backbone", "every_block", "none"),
             "train.compile_backend": ("inductor", "aot_eager", "cudagraphs"),
-            "model.dtype": _DTYPES, "reward.dtype": _DTYPES, "model.sampler_preset": SAMPLER_PRESETS}
+            "model.dtype": _DTYPES, "reward.dtype": _DTYPES, "model.sampler_preset": SAMPLER_PRESETS,
+            "train.recipe": ("", *RECIPES)}
 
 
 def _coerce(key: str, value, kind):
     if typing.get_origin(kind) is list:
-        if isinstance(value, str):  # CLI: loo.units=a,b
-            value = [v for v in value.split(",") if v]
+        inner = typing.get_args(kind)[0]
+        if isinstance(value, str):  # CLI: loo.units=a,b; select.k=8,2
+            value = [v if inner is str else parse_value(v) for v in value.split(",") if v]
+        elif inner is int and isinstance(value, int) and not isinstance(value, bool):  # select.k: 4
+            value = [value]
         if isinstance(value, list):
             return [_coerce(key, v, typing.get_args(kind)[0]) for v in value]
         raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
@@ -305,6 +334,9 @@ def from_dict(data: dict) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config section {section!r} must be a mapping of keys, got {values!r}")
         apply(getattr(cfg, section), section, values)
+    train = (data or {}).get("train") or {}
+    if cfg.train.recipe in RECIPES:  # an unknown name is refused by validate, naming the choices
+        apply(cfg.train, "train", {k: v for k, v in RECIPES[cfg.train.recipe].items() if k not in train})
     validate(cfg)
     return cfg
 
@@ -382,19 +414,27 @@ def validate_keys_read(cfg: Config) -> None:
                                   f"{getattr(defaults, key)!r}")
 
 
+def _check_sign(key: str, v) -> None:
+    if key in _POSITIVE and (v < 1 if isinstance(v, int) else v <= 0):
+        raise ConfigError(f"config key {key!r} must be {'at least 1' if isinstance(v, int) else 'positive'}, got {v}")
+    if v < 0:
+        raise ConfigError(f"config key {key!r} must be 0 or more, got {v}")
+
+
 def validate(cfg: Config) -> None:
     d = cfg.to_dict()
+    if not cfg.select.k:
+        raise ConfigError("config key 'select.k' needs the units removed per stage (e.g. 4, or 8,2 for stages 1, 2); "
+                          "got nothing")
     for key in _POSITIVE | _NON_NEGATIVE:
         section, name = key.split(".")
-        v = d[section][name]
-        if key in _POSITIVE and (v < 1 if isinstance(v, int) else v <= 0):
-            raise ConfigError(f"config key {key!r} must be {'at least 1' if isinstance(v, int) else 'positive'}, got {v}")
-        if v < 0:
-            raise ConfigError(f"config key {key!r} must be 0 or more, got {v}")
+        values = d[section][name] if isinstance(d[section][name], list) else [d[section][name]]
+        for v in values:
+            _check_sign(key, v)
     for key, allowed in _CHOICES.items():
         section, name = key.split(".")
         if d[section][name] not in allowed:
-            raise ConfigError(f"config key {key!r} must be one of {', '.join(allowed)}; got {d[section][name]!r}")
+            raise ConfigError(f"config key {key!r} must be one of {', '.join(repr(a) if a == '' else a for a in allowed)}; got {d[section][name]!r}")
     if cfg.train.prompt_dropout > 1:
         raise ConfigError(f"config key 'train.prompt_dropout' is a share of pairs, from 0 to 1; got {cfg.train.prompt_dropout}")
     if cfg.train.checkpointing == "every_block" and cfg.model.backbone == "videocrafter2":

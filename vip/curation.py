@@ -75,6 +75,30 @@ def curate(scores_w: np.ndarray, scores_l: np.ndarray, targets: list[str], alpha
     return Curation(better & above & dominant, floors, {r: int(fails[r].sum()) for r in RULES})
 
 
+def curate_with_fallback(scores_w: np.ndarray, scores_l: np.ndarray, targets: list[str], drop: dict[str, float],
+                         alpha: float, min_pairs: int, sources: dict[str, str] | None = None
+                         ) -> tuple[list[str], Curation, dict[str, int]]:
+    """The rules for `targets`; when a single target keeps fewer than min_pairs, the other aspects that dropped,
+    largest drop first, until one keeps min_pairs (the paper's target is the "primary" one). Returns the
+    targets used, their curation, and the pairs each tried target kept.
+
+    Why: near an aspect's ceiling, or when another aspect dropped on nearly every pair, the gap rule leaves the
+    largest drop almost no pairs; the next aspect that dropped is what the pairs can teach without another
+    aspect dominating the preference."""
+    result = curate(scores_w, scores_l, targets, alpha, sources)
+    tried = {",".join(targets): result.kept}
+    if result.kept >= min_pairs or len(targets) != 1:
+        return targets, result, tried
+    for aspect in sorted(ASPECTS, key=lambda a: (-drop[a], ASPECTS.index(a))):
+        if aspect in targets or drop[aspect] <= 0:
+            continue
+        other = curate(scores_w, scores_l, [aspect], alpha, sources)
+        tried[aspect] = other.kept
+        if other.kept >= min_pairs:
+            return [aspect], other, tried
+    return targets, result, tried
+
+
 def rejection_report(c: Curation, n: int) -> str:
     lines = [f"kept {c.kept} of {n} candidate pairs"]
     lines += [f"  rejected {c.rejected[r]:>4}: {RULE_TEXT[r]}" for r in RULES]

@@ -51,7 +51,7 @@ def rank(values: dict[str, float]) -> list[str]:
 def choose(delta: dict[str, dict[str, float]], k: int) -> Selection:
     units = list(delta)
     if not 1 <= k <= len(units):
-        raise ConfigError(f"config key 'select.k' is {k} but the model has {len(units)} prunable units left; "
+        raise ConfigError(f"config key 'select.k' gives {k} units to remove but the model has {len(units)} prunable units left; "
                           f"expected 1 to {len(units)}")
     by_total = rank({u: delta[u]["total"] for u in units})
     by_tc = rank({u: delta[u][TC] for u in units})

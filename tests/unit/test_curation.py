@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from vip.curation import choose_targets, curate
+from vip.curation import choose_targets, curate, curate_with_fallback
 from vip.rewards.base import ASPECTS
 
 VQ, TC, DD, TA = range(4)
@@ -19,6 +19,42 @@ def test_multi_target_takes_every_drop_past_the_threshold_largest_first():
     drop = {"visual_quality": 0.25, "temporal_consistency": 0.4, "dynamic_degree": -0.2, "text_alignment": 0.1}
     assert choose_targets(drop, threshold=0.2) == ["temporal_consistency", "visual_quality"]
     assert choose_targets(drop, threshold=0.5) == ["temporal_consistency"]  # none passes: the largest drop
+
+
+def _fallback_world():
+    """8 candidates: TC never passes the gap rule (VQ's gap is larger everywhere); TA's gap is the largest on 4,
+    VQ's on the other 4."""
+    s_l = np.full((8, 4), 2.0)
+    s_w = s_l + np.array([0.5, 0.2, 0.0, 0.0])
+    s_w[:4, TA] += 0.6  # TA's gap is the largest on 4 of them
+    return s_w, s_l
+
+
+def test_a_target_with_too_few_pairs_falls_back_to_the_next_drop_that_has_them():
+    s_w, s_l = _fallback_world()
+    drop = {"visual_quality": 0.3, "temporal_consistency": 0.5, "dynamic_degree": -0.1, "text_alignment": 0.4}
+    targets, c, tried = curate_with_fallback(s_w, s_l, ["temporal_consistency"], drop, alpha=10.0, min_pairs=4)
+    # TA (the next drop) keeps its 4 pairs before VQ (a smaller drop) is tried
+    assert targets == ["text_alignment"] and c.kept == 4
+    assert tried == {"temporal_consistency": 0, "text_alignment": 4}
+    # none keeps 5: the primary target stays (the stage then skips training), every dropped aspect was tried
+    targets, c, tried = curate_with_fallback(s_w, s_l, ["temporal_consistency"], drop, alpha=10.0, min_pairs=5)
+    assert targets == ["temporal_consistency"] and c.kept == 0
+    assert tried == {"temporal_consistency": 0, "text_alignment": 4, "visual_quality": 4}
+
+
+def test_the_fallback_keeps_the_target_when_it_has_enough_never_uses_an_aspect_that_did_not_drop():
+    s_w, s_l = _fallback_world()
+    drop = {"visual_quality": -0.2, "temporal_consistency": 0.5, "dynamic_degree": -0.1, "text_alignment": 0.4}
+    # enough pairs: nothing else is tried
+    assert curate_with_fallback(s_w, s_l, ["text_alignment"], drop, 10.0, min_pairs=4)[2] == {"text_alignment": 4}
+    # VQ keeps 8 but did not drop: never a target; TA keeps too few, so TC (the primary) stays
+    targets, c, tried = curate_with_fallback(s_w, s_l, ["temporal_consistency"], drop, 10.0, min_pairs=6)
+    assert targets == ["temporal_consistency"] and c.kept == 0 and "visual_quality" not in tried
+    # min_pairs 0 (curate.fallback=false) and several targets never fall back
+    assert curate_with_fallback(s_w, s_l, ["temporal_consistency"], drop, 10.0, min_pairs=0)[0] == ["temporal_consistency"]
+    assert curate_with_fallback(s_w, s_l, ["temporal_consistency", "text_alignment"], drop, 10.0, 6)[0] == \
+        ["temporal_consistency", "text_alignment"]
 
 
 def test_alpha_floor_and_gap_rule_by_hand():

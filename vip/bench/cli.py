@@ -123,7 +123,7 @@ def bench_train_one(cfg, mode: str, steps: int) -> dict:
     tc, device = cfg.train, cfg.model.device
     cuda = device.startswith("cuda")
     teacher = load_video_model(cfg.model, base_model_path(cfg.model))
-    student = teacher.pruned(teacher.units()[:cfg.select.k])
+    student = teacher.pruned(teacher.units()[:cfg.select.k_at(1)])
     teacher.unet.requires_grad_(False)
     dev = teacher.device  # load_video_model put both models on model.device
     low = torch.bfloat16 if cuda else torch.float32  # the trainer's dtype for frozen networks and DeepSpeed

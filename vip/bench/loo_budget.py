@@ -242,7 +242,7 @@ def study(config: str = "configs/toyvid.yaml", overrides: list[str] = (), seeds=
     from vip.models.registry import base_model_path, load_video_model
 
     cfg = vip_config.load(config, list(overrides))
-    k = k or cfg.select.k
+    k = k or cfg.select.k_at(1)
     ref = Gen("ddim", cfg.model.steps)
     gen_tiers = [(Gen(s, n), tier) for s, n, tier in (DEFAULT_GENS if gens is None else gens) if Gen(s, n) != ref]
     stage_units = {1: list(units) if units else load_video_model(cfg.model, base_model_path(cfg.model)).units()}

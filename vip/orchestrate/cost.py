@@ -286,7 +286,7 @@ def cost_lines(ctx: StageContext, sink) -> list[str]:
                 n_variants = 1 + len(loo.units_to_evaluate(sctx))
                 latent = math.prod(sctx.model.latent_shape)
             except Exception:  # a later stage's model does not exist yet: this stage's figures
-                n_variants = 1 + len(loo.units_to_evaluate(ctx)) - ctx.cfg.select.k
+                n_variants = 1 + len(loo.units_to_evaluate(ctx)) - sum(ctx.cfg.select.k_at(m) for m in range(ctx.stage, n))
                 latent = math.prod(ctx.model.latent_shape)
             pp = pairs.read_plan(sctx.dir)
             cur = read_json(sctx.dir / "curation.json")

@@ -116,9 +116,9 @@ def check_model(ctx: StageContext) -> None:
         raise ConfigError(f"model directory {str(ctx.model_path())!r} cannot be loaded as a {ctx.cfg.model.backbone} "
                           f"model: {str(e).strip().splitlines()[0]}") from None
     units = loo.units_to_evaluate(ctx)  # checks loo.units
-    k = ctx.cfg.select.k
+    k = ctx.cfg.select.k_at(ctx.stage)
     if k > len(units):
-        raise ConfigError(f"config key 'select.k' is {k} but only {len(units)} units are evaluated "
+        raise ConfigError(f"config key 'select.k' gives {k} units to remove in stage {ctx.stage} but only {len(units)} units are evaluated "
                           f"({len(model.units())} in the model); expected 1 to {len(units)}")
     check_frames(ctx.cfg, getattr(model, "meta", {}).get("frames"))
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from vip import provenance as prov
 from vip.config import ConfigError
-from vip.curation import curate as apply_rules
+from vip.curation import curate_with_fallback
 from vip.models.base import VideoModel
 from vip.models.diffusion import weights_file
 from vip.models.registry import denoiser_dir
@@ -190,8 +190,10 @@ def curate(ctx: StageContext) -> dict:
     planned = plan(ctx)
     teacher = _read_side(ctx, teacher_shards(ctx, planned), planned, "teacher", ctx.teacher_sha256)
     student = _read_side(ctx, student_shards(ctx), planned, "student", planned["student_sha256"])
-    targets, alpha = planned["targets"], ctx.cfg.curate.alpha
-    result = apply_rules(teacher["scores"], student["scores"], targets, alpha, aspect_sources(ctx.cfg.reward.name))
+    alpha, drop = ctx.cfg.curate.alpha, target.load(ctx)["drop"]
+    min_pairs = ctx.cfg.train.min_pairs if ctx.cfg.curate.fallback else 0
+    targets, result, tried = curate_with_fallback(teacher["scores"], student["scores"], planned["targets"], drop,
+                                                  alpha, min_pairs, aspect_sources(ctx.cfg.reward.name))
     keep = np.flatnonzero(result.keep)
     # exact duplicates (a prompt listed twice in the source gives the same pair twice) are kept once
     seen, unique = set(), []
@@ -210,7 +212,8 @@ def curate(ctx: StageContext) -> dict:
     }, {"aspects": json.dumps(ASPECTS), "targets": json.dumps(targets), "config_sha256": ctx.cfg.hash(),
         "stage": ctx.stage, "student_sha256": planned["student_sha256"], "teacher_sha256": ctx.teacher_sha256})
     record = {
-        "targets": targets, "alpha": alpha, "candidates": len(teacher["scores"]), "kept": int(len(keep)),
+        "targets": targets, "primary_targets": planned["targets"], "tried": tried,
+        "alpha": alpha, "candidates": len(teacher["scores"]), "kept": int(len(keep)),
         "duplicates": int(result.kept - len(keep)), "rejected": result.rejected, "floors": result.floors,
         "candidate_scores": {"preferred": teacher["scores"].tolist(), "unpreferred": student["scores"].tolist()},
         "kept_index": keep.tolist(), "config_sha256": ctx.cfg.hash(),

@@ -29,7 +29,8 @@ def run(ctx: StageContext) -> Selection:
         raise IncompleteError(f"selection needs {merged_path(ctx)}; run leave-one-out evaluation and merge first")
     arrays, attrs = read_h5(merged_path(ctx))
     variants = [str(v) for v in arrays["variants"]]
-    sel = choose(deltas(arrays["scores"], variants), ctx.cfg.select.k)
+    k = ctx.cfg.select.k_at(ctx.stage)
+    sel = choose(deltas(arrays["scores"], variants), k)
     params = dict(zip(variants, arrays["unit_params"].tolist()))
     student = ctx.model.pruned(sel.chosen)
     # the pruned student is saved first: selection.json is the step's completion mark
@@ -41,7 +42,7 @@ def run(ctx: StageContext) -> Selection:
     tmp.replace(pruned_path(ctx))
     seen = dict(zip(variants, arrays["samples_seen"].tolist())) if "samples_seen" in arrays else {}
     record = {
-        **asdict(sel), "k": ctx.cfg.select.k, "unit_params": params,
+        **asdict(sel), "k": k, "unit_params": params,
         # adaptive leave-one-out: samples each variant was scored on (the full model: all of them)
         **({"samples_seen": seen} if len(set(seen.values())) > 1 else {}),
         "params_before": int(attrs["model_params"]), "params_after": student.num_params(),

@@ -63,7 +63,7 @@ def plan(ctx: StageContext) -> dict:
     if lc.adaptive:
         ends = schedule(n, lc.adaptive_first)
         planned["tasks"] = _tasks(variants, 0, ends[0], lc.units_per_task, lc.prompts_per_task)
-        planned["adaptive"] = {"k": ctx.cfg.select.k, "z": lc.adaptive_z, "ends": ends,
+        planned["adaptive"] = {"k": ctx.cfg.select.k_at(ctx.stage), "z": lc.adaptive_z, "ends": ends,
                                "rounds": [{"samples": [0, ends[0]], "variants": variants,
                                            "tasks": list(range(len(planned["tasks"])))}]}
     else:
