@@ -18,7 +18,7 @@ from vip.prompts.sets import eval_set  # noqa: E402
 from vip.rewards.base import ASPECTS, as_matrix  # noqa: E402
 from vip.rewards.toyvid_score import ToyvidScore  # noqa: E402
 from vip.toyvid import world  # noqa: E402
-from vip.toyvid.look import frame_grid  # noqa: E402
+from vip.plots import frame_grid  # noqa: E402
 
 
 def main() -> None:

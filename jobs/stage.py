@@ -42,17 +42,10 @@ def print_status(cfg, run, first: int, last: int) -> None:
         print(status.format_rows(rows, ("step", "state", "detail")) + "\n")
 
 
-def print_results(run, cfg, first: int, last: int) -> None:
+def print_results(run, first: int, last: int) -> None:
     from vip.orchestrate import status
-    from vip.steps import pairs, select
-    from vip.steps.context import StageContext
 
-    for n in range(first, last + 1):
-        ctx = StageContext(run, cfg, n)
-        print(f"\nstage {n}: leave-one-out and selection\n" + status.selection_table(select.load(ctx)))
-        print(f"\nstage {n}: curation\n" + status.curation_summary(pairs.load(ctx)))
-    print("\n" + status.outcome_table(status.all_outcomes(run)))
-    print(f"\nrun directory: {run.path}")
+    print("\n" + status.run_summary(run, list(range(first, last + 1))))
 
 
 def run_slurm(args, cfg, run, last: int) -> int:
@@ -83,7 +76,7 @@ def run_slurm(args, cfg, run, last: int) -> int:
     sys.stdout.flush()
     code = watch.wait_stages(run, cfg, args.stage, last, progress=cfg.runtime.progress)
     if code == 0:
-        print_results(run, cfg, args.stage, last)
+        print_results(run, args.stage, last)
     return code
 
 
@@ -131,7 +124,7 @@ def main() -> None:
                                              "(--executor slurm or runtime.executor=slurm)")
         for n in range(args.stage, last + 1):
             driver.run_stage(driver.preflight(cfg, run, n))
-        print_results(run, cfg, args.stage, last)
+        print_results(run, args.stage, last)
 
 
 if __name__ == "__main__":

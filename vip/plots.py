@@ -8,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from vip.rewards.base import ASPECTS  # noqa: E402
 
@@ -109,4 +111,27 @@ def time_by_kind_chart(rows: list[tuple[str, dict]], path: Path, title: str = ""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return Path(path)
+
+
+LABEL_W = 330
+
+
+def frame_grid(clips: torch.Tensor, labels: list[str], path: Path, tile: int = 96, max_frames: int = 8) -> Path:
+    """clips [N, F, 3, H, W] in [0, 1] to a PNG: one row per clip (labelled), at most max_frames frames evenly
+    spaced left to right, each drawn `tile` pixels high (toyvid's 32 px scaled up, a 512 px frame scaled down)."""
+    n, f, _, h, w = clips.shape
+    frames = np.linspace(0, f - 1, min(f, max_frames)).round().astype(int)
+    tw, gap = max(1, round(w * tile / h)), 2
+    img = Image.new("RGB", (LABEL_W + len(frames) * (tw + gap), n * (tile + gap)), "white")
+    draw = ImageDraw.Draw(img)
+    for i in range(n):
+        for j, fi in enumerate(frames):
+            frame = (clips[i, fi].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+            resample = Image.NEAREST if tile >= h else Image.BILINEAR  # crisp toy pixels; smooth downscales
+            img.paste(Image.fromarray(frame).resize((tw, tile), resample), (LABEL_W + j * (tw + gap), i * (tile + gap)))
+        lines = [line[:52] for line in labels[i].split("\n")]  # a label may span lines
+        draw.multiline_text((4, i * (tile + gap) + tile // 2 - 7 * len(lines)), "\n".join(lines), fill="black")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
     return Path(path)

@@ -96,6 +96,10 @@ def test_the_outcome_is_scored_on_heldout_prompts_the_stage_never_saw(two_stages
         assert abs(outcome["full"]["total"] - outcome["on_eval"]["full"]["total"]) > 1e-3
         arrays, _ = read_h5(d / "pairs.h5")
         assert not {str(p) for p in arrays["prompts"]} & set(heldout)  # curation never trains on them
+        from PIL import Image
+        with Image.open(d / "samples.png") as im:  # teacher, pruned, ReDPO for the first 2 held-out samples
+            assert im.height == 6 * (96 + 2)
+        assert (run_dir / "report_files" / f"stage{stage}_samples.png").is_file()  # the report shows them
         assert not {str(p) for p in read_h5(d / "loo.h5")[0]["prompts"]} & set(heldout)
     # the teacher is scored on them once per run; both stages compare against the same figures
     first, second = (json.loads((run_dir / f"stage{s}" / "outcome.json").read_text())["full"] for s in (1, 2))

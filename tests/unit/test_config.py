@@ -15,7 +15,7 @@ def test_yaml_and_overrides_resolve_with_types(tmp_path):
     f.write_text("select:\n  k: 3\nmodel:\n  guidance: 2\n")
     cfg = config.load(f, ["loo.batch_size=5", "loo.units=down_blocks.0.motion_modules.0,mid_block.motion_modules.0",
                           "run.name=abc"])
-    assert cfg.select.k == 3
+    assert cfg.select.k == [3] and cfg.select.k_at(1) == cfg.select.k_at(5) == 3
     assert cfg.model.guidance == 2.0 and isinstance(cfg.model.guidance, float)
     assert cfg.loo.batch_size == 5
     assert cfg.loo.units == ["down_blocks.0.motion_modules.0", "mid_block.motion_modules.0"]
@@ -23,12 +23,14 @@ def test_yaml_and_overrides_resolve_with_types(tmp_path):
 
 
 # configs/toyvid.yaml is the library default tuned for the embedded world, in these keys only (a key that
-# drifts in either place fails here): its 36 clips in one batch, the 324 grammar prompts in 3 filter tasks,
-# and a tiny student's training (larger steps, a weaker SFT pull, no unconditional branch: it samples
-# without guidance)
-TOYVID_TUNING = {"loo.batch_size": 36, "filter.prompts_per_task": 108, "curate.max_prompts": 32,
-                 "train.w_sft": 1000.0, "train.prompt_dropout": 0.0, "train.lr": 1e-4, "train.min_lr": 1e-5,
-                 "train.checkpoint_every": 20, "prompts.heldout": "toyvid_heldout", "prompts.heldout_count": 24}
+# drifts in either place fails here): a demo of under 10 minutes on 2 cores (4 sampler steps, 16 evaluation
+# prompts, 24 x 3 candidate pairs), 8 then 2 units (7 of the 16 cost nothing), held-out scoring, the 324 grammar
+# prompts in 3 filter tasks, and the revised recipe (no unconditional branch: it samples without guidance)
+TOYVID_TUNING = {"model.steps": 4, "prompts.eval_count": 16, "select.k": [8, 2], "filter.prompts_per_task": 108,
+                 "curate.max_prompts": 24,
+                 "train.recipe": "revised", "train.reference": "student", "train.beta": 500.0, "train.w_sft": 100.0,
+                 "train.prompt_dropout": 0.0, "train.epochs": 3, "train.checkpoint_every": 20, "prompts.heldout": "toyvid_heldout",
+                 "prompts.heldout_count": 24}
 
 
 def test_shipped_config_is_the_default_plus_the_toyvid_tuning():
@@ -73,6 +75,47 @@ def test_hash_ignores_how_to_run_only():
         config.load(None, ["train.compile=true", "train.compile_backend=aot_eager"]).hash()
     assert a.hash() != config.load(None, ["select.k=3"]).hash()
     assert a.hash() != config.load(None, ["train.batch_size=8"]).hash()
+
+
+def test_k_per_stage_and_the_last_entry_after_it():
+    cfg = config.load(None, ["select.k=8,2"])
+    assert cfg.select.k == [8, 2] and [cfg.select.k_at(n) for n in (1, 2, 3)] == [8, 2, 2]
+    # one k is hashed as the int it was before lists, so runs frozen then keep their hash
+    assert config.load(None, ["select.k=4"]).hash() == config.load(None).hash() != cfg.hash()
+    assert config.load(None, ["select.k=[8, 2]"]).hash() == cfg.hash()
+    with pytest.raises(ConfigError, match="select.k.*got nothing"):
+        config.load(None, ["select.k="])
+    with pytest.raises(ConfigError, match="select.k.*at least 1, got 0"):
+        config.load(None, ["select.k=8,0"])
+
+
+def test_a_recipe_sets_its_keys_and_explicit_keys_win():
+    keys = ("reference", "beta", "w_sft", "lr", "min_lr")
+    for name, values in config.RECIPES.items():
+        t = config.load(None, [f"train.recipe={name}"]).train
+        assert {k: getattr(t, k) for k in keys} == values
+        # the recipe's name is not in the hash, the values it sets are: spelled out, it is the same run
+        assert config.load(None, [f"train.recipe={name}"]).hash() == \
+            config.load(None, [f"train.{k}={v}" for k, v in values.items()]).hash()
+    assert config.load(None, ["train.recipe=revised", "train.beta=50"]).train.beta == 50.0
+    shipped = config.load(ROOT / "configs" / "toyvid.yaml")
+    assert shipped.train.recipe == "revised" and shipped.train.reference == "student"
+    paper = config.load(ROOT / "configs" / "toyvid.yaml", ["train.recipe=paper"])
+    assert (paper.train.reference, paper.train.beta, paper.train.lr) == ("teacher", 5000.0, 1e-4)
+    assert paper.hash() != shipped.hash()
+    # a frozen config (every key spelled out, the recipe's name beside them) reads back as the same run
+    assert config.from_dict(shipped.to_dict()).hash() == shipped.hash()
+    with pytest.raises(ConfigError, match="train.recipe.*paper, revised"):
+        config.load(None, ["train.recipe=papers"])
+
+
+def test_the_paper_recipe_on_toyvid_is_the_demo_before_the_revised_one():
+    """The shipped config of before (tests/data/runs_before/toyvid) is today's with the paper's recipe, 4 units per
+    stage, no held-out set and the slower sampling of then: a user can still run the demo as it was."""
+    before = yaml.safe_load((ROOT / "tests/data/runs_before/toyvid/config.yaml").read_text())
+    then = ["train.recipe=paper", "select.k=4", "prompts.heldout=", "model.steps=10", "prompts.eval_count=36",
+            "loo.batch_size=36", "curate.max_prompts=32"]
+    assert config.load(ROOT / "configs" / "toyvid.yaml", then).hash() == config.from_dict(before).hash()
 
 
 def test_run_dir_freezes_and_refuses_another_config(tmp_path):

@@ -8,6 +8,8 @@ or preemption redoes only what is missing (a corrupt shard counts as missing).
 """
 from __future__ import annotations
 
+import time
+
 from vip.config import Config
 from vip.orchestrate.local import run_filter, run_loo, run_pairs, run_training, train_command  # noqa: F401
 from vip.orchestrate.preflight import preflight as preflight_checks
@@ -37,17 +39,22 @@ def run_selection(ctx: StageContext) -> dict:
 def run_stage(ctx: StageContext) -> dict:
     """Every step of one stage that is not done yet; returns the stage's outcome. The steps found
     done are named in one line; when every step was, nothing in the run directory is written."""
-    skipped, ran = [], []
+    skipped, ran = [], {}
     for s in STEPS.values():
         if s.local is None:  # done with the step before it (filter_merge with filter, curate with pairs)
             continue
         sctx = StageContext(ctx.run, ctx.cfg, 0) if s.per_run else ctx
-        done = s.done(sctx)
-        (skipped if done else ran).append(s.local_name or s.name)
-        if not done:
-            s.local(ctx)
+        if s.done(sctx):
+            skipped.append(s.local_name or s.name)
+            continue
+        start = time.monotonic()
+        s.local(ctx)
+        ran[s.local_name or s.name] = time.monotonic() - start
     if skipped:
         print(f"stage {ctx.stage}: {', '.join(skipped)} done already (skipped)", flush=True)
+    if ran:  # where a stage's time went, for a user deciding what to cut (docs/benchmarks.md has the demo's)
+        print(f"stage {ctx.stage} took {sum(ran.values()):.0f} s: "
+              + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in ran.items()), flush=True)
     if ran or not (ctx.run.path / "report.html").is_file():
         write_report(ctx.run.path)  # report.html: one file a person can open or mail
     return outcome.load(ctx)

@@ -14,9 +14,10 @@ from tqdm import tqdm
 
 from vip.cli import ERROR_FILE, read_reported
 from vip.config import Config
+from vip.orchestrate.status import selection_table
 from vip.prompts.llm import make_backend
 from vip.steps import filter as prompt_filter
-from vip.steps import loo, pairs
+from vip.steps import loo, pairs, select
 from vip.steps.context import StageContext
 from vip.store import IncompleteError, RunDir
 from vip.train import redpo_trainer
@@ -49,6 +50,13 @@ def run_loo(ctx: StageContext) -> None:
                             progress=ctx.cfg.runtime.progress)
         if not loo.advance(ctx):
             return
+
+
+def run_select(ctx: StageContext) -> None:
+    """Select the units and print the leave-one-out table once, when the choice is made (the run's last screen
+    is the outcome; the report keeps the table)."""
+    select.run(ctx)
+    print(f"\nstage {ctx.stage}: leave-one-out and selection\n{selection_table(select.load(ctx))}\n", flush=True)
 
 
 def run_filter(run: RunDir, cfg: Config) -> None:

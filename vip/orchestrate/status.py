@@ -135,6 +135,45 @@ def outcome_table(outcomes: list[dict]) -> str:
 
 
 
+def recovery_line(o: dict) -> str:
+    """What ReDPO recovered of what pruning lost, on the outcome's own samples: the target's drop and the total's."""
+    if " steps on " not in o.get("training", ""):  # the trainer's reason for skipping instead
+        return f"stage {o['stage']}: not trained ({o.get('training')})"
+    parts = []
+    for aspect in [*o["targets"][:1], "total"]:
+        full, pruned, redpo = o["full"][aspect], o["pruned"][aspect], o["redpo"][aspect]
+        name = SHORT.get(aspect, aspect)
+        if full - pruned > 1e-9:
+            parts.append(f"{name} {pruned:.3f} -> {redpo:.3f} ({100 * (redpo - pruned) / (full - pruned):+.0f}% of the "
+                         f"{full - pruned:.3f} lost)")
+        else:
+            parts.append(f"{name} {pruned:.3f} -> {redpo:.3f} ({redpo - pruned:+.3f}; pruning lost nothing here)")
+    return f"stage {o['stage']}: " + "; ".join(parts)
+
+
+def run_summary(run: RunDir, stages: list[int]) -> str:
+    """The screen a local run ends with: per stage what was removed and curated, Table B, what was recovered,
+    and where the rest is (the report: leave-one-out tables, curves, frames)."""
+    lines = []
+    outcomes = {o["stage"]: o for o in all_outcomes(run)}
+    for n in stages:
+        sel, cur = read_json(run.stage(n) / "selection.json"), read_json(run.stage(n) / "curation.json")
+        if sel:
+            before, after = sel["params_before"], sel["params_after"]
+            lines.append(f"stage {n}: removed {', '.join(sel['chosen'])} "
+                         f"(denoiser {before:,} -> {after:,} parameters, {100 * (after - before) / before:+.1f}%)")
+        if cur:
+            lines.append(f"  target {', '.join(SHORT[t] for t in cur['targets'])}: kept {cur['kept']} of "
+                         f"{cur['candidates']} candidate pairs")
+    found = [outcomes[n] for n in stages if n in outcomes]
+    lines += ["", outcome_table(found), ""]
+    lines += [recovery_line(o) for o in found]
+    report = run.path / "report.html"
+    lines += ["", f"report: {report}" if report.is_file() else f"run directory: {run.path}",
+              f"details: python jobs/stage.py --stage {stages[0]} --until {stages[-1]} --run-dir {run.path} --status"]
+    return "\n".join(lines)
+
+
 def curation_summary(record: dict | None) -> str:
     if not record:
         return "(no curation yet)"
@@ -142,6 +181,10 @@ def curation_summary(record: dict | None) -> str:
 
     lines = [f"targets {', '.join(record['targets'])}: kept {record['kept']} of {record['candidates']} candidate pairs"
              + (f" ({record['duplicates']} exact duplicates dropped)" if record.get("duplicates") else "")]
+    if record.get("primary_targets", record["targets"]) != record["targets"]:  # curate.fallback
+        tried = ", ".join(f"{t} {n}" for t, n in record["tried"].items())
+        lines.append(f"  (the largest drop, {', '.join(record['primary_targets'])}, kept too few pairs; pairs kept per "
+                     f"target tried: {tried})")
     lines += [f"  rejected {record['rejected'][r]:>4}: {RULE_TEXT[r]}" for r in record["rejected"]]
     return "\n".join(lines)
 

@@ -25,6 +25,7 @@ from vip.cli import fail_cleanly
 from vip.config import ConfigError
 from vip.orchestrate import local
 from vip.orchestrate.ledger import ledger_for
+from vip.orchestrate.status import curation_summary
 from vip.steps import filter as prompt_filter
 from vip.steps import loo, outcome, pairs, select, target
 from vip.steps.context import StageContext
@@ -266,6 +267,7 @@ def _run_pairs_and_curate(ctx: StageContext) -> None:
     if pairs.missing(ctx):
         local.run_pairs(ctx)
     pairs.curate(ctx)
+    print(f"\nstage {ctx.stage}: curation\n{curation_summary(pairs.load(ctx))}\n", flush=True)
 
 
 LOO = ArrayStep(loo.missing, lambda ctx, i: loo.run_task(ctx, i), lambda ctx, i: loo.shards(ctx).is_done(i),
@@ -295,7 +297,7 @@ STEPS: dict[str, StepJobs] = {s.name: s for s in (  # in submission order
              tasks=LOO, todo=_loo_todo, read_plan=lambda ctx: loo.read_plan(ctx.dir),
              local=lambda ctx: (local.run_loo(ctx), loo.merge(ctx)), step=_loo_step),
     StepJobs("select", "cpu", "jobs/step.py select: merge the leave-one-out shards, select the units, save the "
-             "pruned student", select.is_done, ("loo",), job=_job("select"), local=select.run, step=_select_step),
+             "pruned student", select.is_done, ("loo",), job=_job("select"), local=local.run_select, step=_select_step),
     StepJobs("filter", "cpu_array", "jobs/filter_prompts.py --task I: LLM scores of the prompts of task I (once per "
              "run)", _filter_done, per_run=True, tasks=FILTER, todo=_filter_todo,
              read_plan=lambda ctx: prompt_filter.read_plan(ctx.run),

@@ -314,7 +314,17 @@ class Builder:
                          f"({100 * o['params']['student'] / o['params']['full']:.1f}%)."]))
         line = scored_on_line(o)
         out.append(Para([line[0].upper() + line[1:] + "."]))
-        return out
+        return out + self.samples(s)
+
+    def samples(self, s: StageData) -> list[Block]:
+        """The outcome step's frames of teacher, pruned and trained student for the same prompts and seeds."""
+        drawn = s.dir / "samples.png"
+        if not drawn.is_file():
+            return []
+        path = self.fig_path(f"stage{s.n}_samples.png")
+        shutil.copyfile(drawn, path)
+        return [Figure(path, "Frames left to right, for the same prompt and seed: the full teacher, the pruned "
+                             "student before training and the trained student.")]
 
     def build(self) -> list[Block]:
         self.blocks.append(CodeBlock("config.yaml (the run's frozen config; click to open)", self.run.config_text,

@@ -10,11 +10,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vip import provenance as prov
 from vip.evaluate import mean_scores
 from vip.models.registry import load_video_model
-from vip.steps import target
+from vip.steps import pairs, target
 from vip.steps.context import StageContext
 from vip.store import IncompleteError, atomic_write_json, is_current, read_json
 from vip.train.redpo_trainer import final_path
@@ -31,16 +32,36 @@ def run(ctx: StageContext) -> dict:
     trained_dir = final_path(ctx.run, ctx.stage)
     if not (trained_dir / "removed_units.json").is_file():
         raise IncompleteError(f"stage {ctx.stage} has no trained student at {trained_dir}; run training first")
-    record = score_trained(ctx, tgt, trained_dir)
+    trained = load_video_model(ctx.cfg.model, trained_dir)
+    record = score_trained(ctx, tgt, trained_dir, trained)
+    draw_samples(ctx, trained)
     atomic_write_json(outcome_path(ctx), record)
     return record
 
 
-def score_trained(ctx: StageContext, tgt: dict, trained_dir: Path) -> dict:
-    """The outcome record of the student in `trained_dir` (a trainer's final/, beside its done.json):
-    its scores beside the full and pruned ones, on the held-out set when there is one (else those of
-    `tgt`, target.json, on the evaluation set)."""
-    trained = load_video_model(ctx.cfg.model, trained_dir)
+def samples_path(ctx: StageContext) -> Path:
+    return ctx.dir / "samples.png"
+
+
+def draw_samples(ctx: StageContext, trained, n: int = 2) -> Path:
+    """The first n outcome samples (held-out when set) of the teacher, the pruned and the trained student, same
+    prompt and seed, one row each: what the table's numbers look like (report.html shows it)."""
+    from vip.plots import frame_grid
+
+    samples = ctx.heldout_set or ctx.eval_set
+    prompts, seeds = samples.prompts[:n], samples.seeds[:n]
+    models = {"teacher": ctx.teacher, "pruned": ctx.student, "ReDPO": trained}
+    clips = {name: m.generate(prompts, seeds).float().cpu() for name, m in models.items()}
+    rows = [clips[name][i] for i in range(len(prompts)) for name in models]
+    labels = [f"{name}\n{p}\nseed {s}" for p, s in zip(prompts, seeds) for name in models]
+    return frame_grid(torch.stack(rows), labels, samples_path(ctx))
+
+
+def score_trained(ctx: StageContext, tgt: dict, trained_dir: Path, trained=None) -> dict:
+    """The outcome record of the student in `trained_dir` (a trainer's final/, beside its done.json; `trained`
+    when it is loaded already): its scores beside the full and pruned ones, on the held-out set when there is
+    one (else those of `tgt`, target.json, on the evaluation set)."""
+    trained = trained or load_video_model(ctx.cfg.model, trained_dir)
     done = json.loads((trained_dir.parent / "done.json").read_text())
     skipped = bool(done.get("skipped"))  # the untrained pruned student: its scores are the pruned ones
     on_eval = {"full": tgt["teacher"], "pruned": tgt["pruned"],
@@ -56,7 +77,7 @@ def score_trained(ctx: StageContext, tgt: dict, trained_dir: Path) -> dict:
                      "prompts": len(set(hs.prompts)), "seeds": [min(hs.seeds), max(hs.seeds)],
                      "prompts_sha256": prov.texts_sha256(hs.prompts)}
     record = {
-        "stage": ctx.stage, "targets": tgt["targets"], **scores, "scored_on": scored_on,
+        "stage": ctx.stage, "targets": trained_targets(ctx, tgt), **scores, "scored_on": scored_on,
         "training": done.get("skipped") or f"{done['steps']} steps on {done['pairs']} pairs",
         "params": {"full": ctx.teacher.num_params(), "student": trained.num_params()},
         "removed_units": json.loads((trained_dir / "removed_units.json").read_text()),
@@ -65,6 +86,12 @@ def score_trained(ctx: StageContext, tgt: dict, trained_dir: Path) -> dict:
     if hs is not None:
         record["on_eval"] = on_eval
     return record
+
+
+def trained_targets(ctx: StageContext, tgt: dict) -> list[str]:
+    """The aspects the pairs were curated for: target.json's, or curation's fallback (curate.fallback)."""
+    cur = pairs.load(ctx)
+    return cur["targets"] if cur else tgt["targets"]
 
 
 def teacher_heldout_path(ctx: StageContext) -> Path:
