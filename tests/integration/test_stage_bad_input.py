@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.cli import run_script
 from helpers.train import train_env
 from vip import config
 from vip.store import RunDir
@@ -39,11 +40,19 @@ def _env(**extra):
 
 
 def run_entry(entry, run_dir, *args, env=None, cwd=None, user=None):
-    """One entry point as a user runs it (`user`: a uid to run as, for permissions root ignores)."""
+    """One entry point as a user runs it (`user`: a uid to run as, for permissions root ignores). In this process
+    (helpers.cli) unless it needs its own: another uid, or training (DeepSpeed's process group and signals)."""
+    script, argv = ROOT / ENTRY_POINTS[entry][0], [*ENTRY_POINTS[entry][1:], "--run-dir", str(run_dir), *args]
+    if user is None and entry != "train":
+        return run_script(script, argv, env or _env(), cwd or ROOT)
     pre = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user is not None else []
-    return subprocess.run([*pre, sys.executable, str(ROOT / ENTRY_POINTS[entry][0]), *ENTRY_POINTS[entry][1:],
-                           "--run-dir", str(run_dir), *args], capture_output=True, text=True, cwd=cwd or ROOT,
+    return subprocess.run([*pre, sys.executable, str(script), *argv], capture_output=True, text=True, cwd=cwd or ROOT,
                           env=env or _env(), timeout=900)
+
+
+def cli(script, *args):
+    """jobs/<script> with the test's own environment, from the project root, in this process."""
+    return run_script(ROOT / "jobs" / script, list(args), dict(os.environ), ROOT)
 
 
 def listing(root: Path) -> list[tuple[str, int]]:
@@ -97,7 +106,7 @@ CASES = {  # name: (overrides, text the line names, entry points)
     "control character in filter.source": (["filter.source={bad}/control.txt"], ["filter.source", "line 2"],
                                            ["filter"]),
     # the held-out set must be prompts leave-one-out never scores
-    "held-out prompts that are evaluation prompts": (["prompts.heldout=toyvid"], ["prompts.heldout", "24 of its prompts"],
+    "held-out prompts that are evaluation prompts": (["prompts.heldout=toyvid"], ["prompts.heldout", "16 of its prompts"],
                                                      ["stage", "render"]),
     "missing held-out file": (["prompts.heldout=/nonexistent/h.txt"], ["prompts.heldout", "/nonexistent/h.txt"],
                               ["step"]),
@@ -271,8 +280,7 @@ def test_few_pairs_train_with_a_deepspeed_file_the_preflight_accepted_from_any_d
 ])
 def test_stage_bad_config_is_one_line_and_writes_nothing(tmp_path, untrained_dir, args, words):
     run_dir = tmp_path / "run"
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--stage", "1", "--run-dir", str(run_dir),
-                        f"model.path={untrained_dir}", *args], capture_output=True, text=True, cwd=ROOT)
+    r = cli("stage.py", "--stage", "1", "--run-dir", str(run_dir), f"model.path={untrained_dir}", *args)
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
@@ -282,8 +290,7 @@ def test_stage_bad_config_is_one_line_and_writes_nothing(tmp_path, untrained_dir
 def test_cli_empty_prompt_file_is_one_line(tmp_path, untrained_dir):
     empty = tmp_path / "prompts.txt"
     empty.write_text("\n")
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--run-dir", str(tmp_path / "run"),
-                        f"model.path={untrained_dir}", f"prompts.eval={empty}"], capture_output=True, text=True, cwd=ROOT)
+    r = cli("stage.py", "--run-dir", str(tmp_path / "run"), f"model.path={untrained_dir}", f"prompts.eval={empty}")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "holds no prompts" in r.stderr
     assert not (tmp_path / "run").exists()
 
@@ -291,8 +298,7 @@ def test_cli_empty_prompt_file_is_one_line(tmp_path, untrained_dir):
 def test_cli_refuses_existing_run_with_other_config(tmp_path, untrained_dir):
     run = RunDir(tmp_path / "run")
     run.freeze(config.load(ROOT / "configs" / "toyvid.yaml", [f"model.path={untrained_dir}"]))
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "stage.py"), "--run-dir", str(run.path),
-                        f"model.path={untrained_dir}", "select.k=2"], capture_output=True, text=True, cwd=ROOT)
+    r = cli("stage.py", "--run-dir", str(run.path), f"model.path={untrained_dir}", "select.k=2")
     assert r.returncode == 2 and "another config" in r.stderr and "--run-dir" in r.stderr
     assert not (run.path / "stage1").exists()
 
@@ -300,7 +306,6 @@ def test_cli_refuses_existing_run_with_other_config(tmp_path, untrained_dir):
 @pytest.mark.parametrize("arg, words", [("steps=abc", "teacher.steps"), ("nosuch=1", "teacher.nosuch"),
                                         ("steps", "key=value")])
 def test_teacher_cli_bad_override_is_one_line(tmp_path, arg, words):
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "train_teacher.py"), "--workdir", str(tmp_path / "w"),
-                        "--out", str(tmp_path / "o"), arg], capture_output=True, text=True, cwd=ROOT)
+    r = cli("train_teacher.py", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"), arg)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
     assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
