@@ -161,14 +161,14 @@ def test_an_empty_pairs_file_skips_training_or_is_refused_when_min_pairs_is_0(tr
 def test_every_block_checkpointing_and_regional_compile_train_the_same_student(train_run):
     """The speed switches change how the denoisers run, not what they compute: the same loss curve
     (exactly, with checkpointing; to float rounding, compiled) and the published weight names."""
-    ref = train_run("ref")
+    ref = train_run("ref", n_pairs=4)  # 4 steps: the capture, not the steps, is what costs here
     assert run_training(ref).returncode == 0
-    ckpt = train_run("ckpt", overrides=["train.checkpointing=every_block"])
+    ckpt = train_run("ckpt", n_pairs=4, overrides=["train.checkpointing=every_block"])
     r = run_training(ckpt)
     assert r.returncode == 0, r.stderr[-3000:]
     # Dynamo captures every region and AOT autograd its backward (what our wrapping must survive); Inductor's
     # CPU code generation would add 5-7 minutes of C++ and is not what a GPU runs (docs/decisions.md)
-    comp = train_run("comp", overrides=["train.checkpointing=every_block", "train.compile=true",
+    comp = train_run("comp", n_pairs=4, overrides=["train.checkpointing=every_block", "train.compile=true",
                                         "train.compile_backend=aot_eager"])
     r = run_training(comp, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

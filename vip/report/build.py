@@ -134,8 +134,14 @@ class Builder:
         drawn = [r for r in rows if r["full"]]
         path = figures.outcome_chart(drawn, self.fig_path("outcome.png"),
                                      title="Full teacher, pruned student and ReDPO-trained student per stage")
-        out.append(Figure(path, "Mean reward-model score per aspect and in total on the evaluation set (arrows: "
+        outcomes = [s.outcome for s in self.run.stages if s.outcome]
+        on = "held-out prompts" if outcomes and (outcomes[-1].get("scored_on") or {}).get("set") == "heldout" \
+            else "evaluation prompts"
+        out.append(Figure(path, f"Mean reward-model score per aspect and in total on the {on} (arrows: "
                                 "pruned → ReDPO), and denoiser parameters per stage."))
+        if outcomes:
+            line = scored_on_line(outcomes[-1])
+            out.append(Para([line[0].upper() + line[1:] + "."]))
         return out
 
     def prompt_filter(self) -> list[Block]:
@@ -254,6 +260,10 @@ class Builder:
         out.append(Para([Strong(f"kept {c['kept']} of {c['candidates']} candidate pairs"),
                          f" ({100 * c['kept'] / c['candidates']:.0f}%{dup}); targets ",
                          *_join([Code(a) for a in c["targets"]]), f"; α = {c['alpha']}."]))
+        if c.get("primary_targets", c["targets"]) != c["targets"]:  # curate.fallback
+            out.append(Para(["The largest drop, ", *_join([Code(a) for a in c["primary_targets"]]),
+                             ", kept too few pairs to train on (", Code("curate.fallback"), "); pairs kept per target "
+                             "tried: " + ", ".join(f"{t} {n}" for t, n in c["tried"].items()) + "."]))
         rows = [[RULE_TEXT.get(r, r), Code(r), _int(v)] for r, v in c["rejected"].items()]
         rows.append([Strong("kept"), "", Strong(_int(c["kept"]))])
         out.append(Table(["rule", "key", "pairs"], rows, [""] * (len(rows) - 1) + ["chosen"],

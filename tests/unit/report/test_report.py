@@ -24,7 +24,8 @@ OUTCOME = {
                "text_alignment": 2.1435, "total": 9.456},
     "redpo": {"visual_quality": 2.4375, "temporal_consistency": 3.1875, "dynamic_degree": 2.0, "text_alignment": 2.3617,
               "total": 9.987},
-    "params": {"full": 1234567, "student": 1034567}, "removed_units": CHOSEN, "config_sha256": "c" * 64,
+    "params": {"full": 1234567, "student": 1034567}, "removed_units": CHOSEN, "training": "40 steps on 21 pairs",
+    "config_sha256": "c" * 64,
 }
 
 
@@ -211,3 +212,39 @@ def test_a_stage_whose_training_was_skipped(tmp_path):
     assert "Training was skipped" in stage1 and "ReDPO training: not yet run" not in stage1
     assert f"<td>skipped: {escape(reason)}</td>" in _section(html, "outcome")
     assert len(re.findall(r"<img ", html)) == 1  # the outcome chart; no training curves
+
+
+def test_a_fallback_target_and_the_outcome_samples_are_in_the_report(tmp_path):
+    run = make_run(tmp_path)
+    c = json.loads((run / "stage1" / "curation.json").read_text())
+    c.update(targets=["visual_quality"], primary_targets=["temporal_consistency"], floors={"visual_quality": 2.9},
+             tried={"temporal_consistency": 2, "visual_quality": 21})
+    _w(run / "stage1" / "curation.json", c)
+    from PIL import Image
+    Image.new("RGB", (40, 30), "red").save(run / "stage1" / "samples.png")  # what the outcome step draws
+    html = write_report(run).read_text()
+    assert "kept too few pairs" in html and "temporal_consistency 2, visual_quality 21" in html
+    assert (run / "report_files" / "stage1_samples.png").read_bytes() == (run / "stage1" / "samples.png").read_bytes()
+    assert "the pruned student before training and the trained student" in html
+
+
+def test_the_run_ends_on_one_screen(tmp_path):
+    from vip.orchestrate.status import recovery_line, run_summary
+    from vip.store import RunDir
+
+    run = make_run(tmp_path)
+    write_report(run)
+    screen = run_summary(RunDir(run), [1, 2])
+    lines = screen.splitlines()
+    assert len(lines) < 25  # one screen
+    assert lines[0].startswith("stage 1: removed up_blocks.2.motion_modules.1, down_blocks.0.motion_modules.0")
+    assert "target TC: kept 21 of 48 candidate pairs" in screen
+    assert "stage 1  ReDPO" in screen and f"report: {run / 'report.html'}" in screen
+    # TC 2.8125 -> 3.1875 of the 0.4375 lost: +86%; total 9.456 -> 9.987 of 0.667: +80%
+    assert recovery_line(OUTCOME) == ("stage 1: TC 2.812 -> 3.188 (+86% of the 0.438 lost); "
+                                      "total 9.456 -> 9.987 (+80% of the 0.667 lost)")
+    assert "stage 1: TC 2.812 -> 3.188" in screen
+    lost_nothing = {**OUTCOME, "full": {**OUTCOME["full"], "total": 9.0}}
+    assert "pruning lost nothing here" in recovery_line(lost_nothing)
+    assert recovery_line({**OUTCOME, "training": "3 pairs < train.min_pairs=16"}) == \
+        "stage 1: not trained (3 pairs < train.min_pairs=16)"
