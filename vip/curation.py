@@ -89,8 +89,8 @@ def curate_with_fallback(scores_w: np.ndarray, scores_l: np.ndarray, targets: li
     tried = {",".join(targets): result.kept}
     if result.kept >= min_pairs or len(targets) != 1:
         return targets, result, tried
-    for aspect in sorted(ASPECTS, key=lambda a: (-drop[a], ASPECTS.index(a))):
-        if aspect in targets or drop[aspect] <= 0:
+    for aspect in sorted(ASPECTS, key=lambda a: (-drop.get(a, 0.0), ASPECTS.index(a))):
+        if aspect in targets or drop.get(aspect, 0.0) <= 0:
             continue
         other = curate(scores_w, scores_l, [aspect], alpha, sources)
         tried[aspect] = other.kept

@@ -114,7 +114,7 @@ def test_the_paper_recipe_on_toyvid_is_the_demo_before_the_revised_one():
     stage, no held-out set and the slower sampling of then: a user can still run the demo as it was."""
     before = yaml.safe_load((ROOT / "tests/data/runs_before/toyvid/config.yaml").read_text())
     then = ["train.recipe=paper", "select.k=4", "prompts.heldout=", "model.steps=10", "prompts.eval_count=36",
-            "loo.batch_size=36", "curate.max_prompts=32"]
+            "loo.batch_size=36", "curate.max_prompts=32", "train.epochs=4"]
     assert config.load(ROOT / "configs" / "toyvid.yaml", then).hash() == config.from_dict(before).hash()
 
 

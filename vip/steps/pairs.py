@@ -190,7 +190,8 @@ def curate(ctx: StageContext) -> dict:
     planned = plan(ctx)
     teacher = _read_side(ctx, teacher_shards(ctx, planned), planned, "teacher", ctx.teacher_sha256)
     student = _read_side(ctx, student_shards(ctx), planned, "student", planned["student_sha256"])
-    alpha, drop = ctx.cfg.curate.alpha, target.load(ctx)["drop"]
+    tgt = target.load(ctx)  # the drops order the fallback targets (none known: no fallback)
+    alpha, drop = ctx.cfg.curate.alpha, tgt["drop"] if tgt else {}
     min_pairs = ctx.cfg.train.min_pairs if ctx.cfg.curate.fallback else 0
     targets, result, tried = curate_with_fallback(teacher["scores"], student["scores"], planned["targets"], drop,
                                                   alpha, min_pairs, aspect_sources(ctx.cfg.reward.name))

@@ -191,11 +191,11 @@ def test_configs_load_with_the_papers_settings():
     ad = config.load("configs/animatediff.yaml")
     assert (ad.model.backbone, ad.model.steps, ad.model.guidance) == ("animatediff", 25, 7.5)
     assert (ad.model.frames, ad.model.height, ad.model.width) == (16, 512, 512)
-    assert ad.select.k == 4 and ad.curate.alpha == 0.3 and ad.reward.name == "videoscore"
+    assert ad.select.k == [4] and ad.curate.alpha == 0.3 and ad.reward.name == "videoscore"
     lt = config.load("configs/animatediff_lightning.yaml")
     assert (lt.model.backbone, lt.model.steps, lt.model.guidance) == ("animatediff_lightning", 4, 1.0)
     assert lt.model.adapter.endswith("animatediff_lightning_4step_diffusers.safetensors")
-    assert lt.select.k == 4 and lt.curate.alpha == 0.3
+    assert lt.select.k == [4] and lt.curate.alpha == 0.3
 
 
 def test_sampler_presets_are_the_two_published_ddim_recipes(dirs, model, baseline, tmp_path):

@@ -170,4 +170,4 @@ def test_config_loads_with_wans_settings():
     c = config.load("configs/wan2.1_1.3b.yaml")
     assert (c.model.backbone, c.model.steps, c.model.guidance) == ("wan2.1", 50, 5.0)
     assert (c.model.frames, c.model.height, c.model.width) == (81, 480, 832)
-    assert c.select.k == 4 and c.curate.alpha == 0.3 and c.reward.name == "videoscore"
+    assert c.select.k == [4] and c.curate.alpha == 0.3 and c.reward.name == "videoscore"
