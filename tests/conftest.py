@@ -103,20 +103,46 @@ def pytest_make_collect_report(collector):  # a module-level skip or importorski
 # order, and a worker that runs dry steals from the END of the other's queue. So the heavy modules go first in
 # each half, shared between the halves by their seconds: they start at once instead of ending the run late. A
 # module stays whole (its module-scoped fixture, e.g. the stage loop's two stages, runs once).
-# Worker seconds of the heavy modules, rounded, from the full run of 2026-12-02 on 2 loaded cores; any other
+# Worker seconds of the heavy modules, rounded, from the full run of 2026-12-02 at 5595df3 (30:33); any other
 # module counts 8 s per integration test and 1 s per unit test. Only the order depends on them.
 MODULE_SECONDS = {
-    "tests/integration/test_stage_bad_input.py": 700, "tests/integration/test_train_redpo.py": 650,
-    "tests/integration/test_whole_stage.py": 560, "tests/integration/test_stage_loop.py": 380,
-    "tests/integration/test_shard_provenance.py": 350, "tests/integration/test_train_world_size.py": 280,
-    "tests/integration/test_adaptive_loo_step.py": 210, "tests/unit/bench/test_gpu.py": 200,
-    "tests/integration/test_experiment.py": 120, "tests/integration/test_gemini_http.py": 110,
+    "tests/integration/test_train_redpo.py": 1050, "tests/integration/test_stage_loop.py": 520,
+    "tests/integration/test_whole_stage.py": 510, "tests/integration/test_experiment.py": 280,
+    "tests/integration/test_stage_bad_input.py": 260, "tests/integration/test_shard_provenance.py": 140,
+    "tests/integration/test_train_world_size.py": 130, "tests/integration/test_adaptive_loo_step.py": 100,
+    "tests/unit/bench/test_gpu.py": 90, "tests/integration/test_gemini_http.py": 70,
     "tests/integration/test_teacher_quality.py": 60, "tests/integration/test_render_sbatch_cli.py": 60,
+}
+
+
+# Heavy modules with no module-scoped fixture are shared out test by test, not kept whole (the trainer's tests
+# were 17 of the 30 minutes on one worker; they use free ports, or fixed ones no other test uses). Their heaviest tests' seconds; the module's other tests share the rest.
+SPLIT_MODULES = ("tests/integration/test_train_redpo.py", "tests/integration/test_whole_stage.py")
+TEST_SECONDS = {
+    "tests/integration/test_train_redpo.py::test_every_block_checkpointing_and_regional_compile_train_the_same_student": 280,
+    "tests/integration/test_train_redpo.py::test_resumed_run_matches_an_uninterrupted_one_bit_for_bit": 200,
+    "tests/integration/test_train_redpo.py::test_other_launchers_agree_on_ranks[deepspeed]": 130,
+    "tests/integration/test_train_redpo.py::test_dropped_prompts_train_on_the_empty_prompt": 110,
+    "tests/integration/test_whole_stage.py::test_whole_stage_animatediff": 200,
+    "tests/integration/test_whole_stage.py::test_whole_stage_animatediff_lightning": 160,
 }
 
 
 def _seconds(module: str, items: list) -> int:
     return MODULE_SECONDS.get(module) or sum(8 if "integration" in i.nodeid else 1 for i in items)
+
+
+def _units(modules: dict[str, list]) -> list[tuple[int, list]]:
+    """(seconds, items) to share between the halves: a module, or one test of a module that may be split."""
+    units = []
+    for m, its in modules.items():
+        if m not in SPLIT_MODULES:
+            units.append((_seconds(m, its), its))
+            continue
+        named = {i.nodeid: TEST_SECONDS[i.nodeid] for i in its if i.nodeid in TEST_SECONDS}
+        each = max(1, (_seconds(m, its) - sum(named.values())) // max(1, len(its) - len(named)))
+        units += [(named.get(i.nodeid, each), [i]) for i in its]
+    return units
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection: the split point counts what runs
@@ -126,14 +152,16 @@ def pytest_collection_modifyitems(config, items):
     modules: dict[str, list] = {}
     for item in items:
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
-    heavy = sorted((m for m in modules if _seconds(m, modules[m]) >= 60), key=lambda m: -_seconds(m, modules[m]))
+    # (dicts and sorted, never sets: every worker must compute the same order, whatever its hash seed)
+    heavy_modules = [m for m in modules if _seconds(m, modules[m]) >= 60]
+    units = sorted(_units({m: modules[m] for m in heavy_modules}), key=lambda u: -u[0])
     halves, loads = ([], []), [0, 0]
-    for m in heavy:  # greedy: the next heaviest module to the lighter half
+    for seconds, its in units:  # greedy: the next heaviest unit to the lighter half
         i = loads.index(min(loads))
-        halves[i].extend(modules[m])
-        loads[i] += _seconds(m, modules[m])
+        halves[i].extend(its)
+        loads[i] += seconds
     # light tests fill the first half up to the split point (half the items), so the second half starts
     # with its heavy modules; a light module may be cut at the split
-    rest = [item for m in modules if m not in heavy for item in modules[m]]
+    rest = [item for m in modules if m not in heavy_modules for item in modules[m]]
     fill = max(0, len(items) // 2 - len(halves[0]))
     items[:] = halves[0] + rest[:fill] + halves[1] + rest[fill:]
