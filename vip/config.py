@@ -262,7 +262,7 @@ _NON_NEGATIVE = {"model.frames", "model.height", "model.width", "model.fps", "re
                  "slurm.mem_gb", "slurm.gpus_per_node", "slurm.array_gpus", "slurm.array_parallelism",
                  "slurm.max_requeues", "slurm.signal_delay_s", "slurm.packed_ranks"}
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
-# train.recipe -> the train.* values it stands for (docs/decisions.md, "The demo's recipe").
+# train.recipe -> the train.* values it stands for (docs/decisions.md, "The demo").
 # paper: the frozen full teacher as the DPO reference and Diffusion-DPO's beta, as the paper's method figure
 #   has it; w_SFT and lr are not published, these are the values the toyvid demo ran with before.
 # revised: a frozen copy of the initial student as the reference, a 10x smaller lr, and a DPO term that the
