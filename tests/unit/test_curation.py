@@ -57,6 +57,32 @@ def test_the_fallback_keeps_the_target_when_it_has_enough_never_uses_an_aspect_t
         ["temporal_consistency", "text_alignment"]
 
 
+def test_the_fallback_goes_by_the_drops_not_by_the_aspects_names():
+    s_w, s_l = _fallback_world()
+    # VQ dropped more than TA: VQ is tried first (alphabetical order would try TA first)
+    drop = {"visual_quality": 0.45, "temporal_consistency": 0.5, "dynamic_degree": -0.1, "text_alignment": 0.4}
+    targets, _, tried = curate_with_fallback(s_w, s_l, ["temporal_consistency"], drop, 10.0, min_pairs=4)
+    assert targets == ["visual_quality"] and tried == {"temporal_consistency": 0, "visual_quality": 4}
+    # an aspect missing from the drops, or whose drop is exactly 0, did not drop: never a target
+    for missing in ({k: v for k, v in drop.items() if k != "visual_quality"}, {**drop, "visual_quality": 0.0}):
+        targets, _, tried = curate_with_fallback(s_w, s_l, ["temporal_consistency"], missing, 10.0, min_pairs=4)
+        assert targets == ["text_alignment"] and "visual_quality" not in tried
+
+
+def test_the_fallback_passes_the_rewards_shared_outputs_on():
+    """VideoReward's MQ fills TC and DD: with the sources, DD's copy of TC's gap is not another aspect's gap."""
+    s_l = np.full((4, 4), 2.0)
+    s_w = s_l + np.array([0.0, 0.5, 0.5, 0.1])  # VQ no gap, TC and DD the same gap (one output), TA small
+    sources = {"temporal_consistency": "mq", "dynamic_degree": "mq"}
+    drop = {"visual_quality": 0.6, "temporal_consistency": 0.3, "dynamic_degree": 0.3, "text_alignment": 0.1}
+    # the primary VQ keeps nothing (no gap); TC, the next drop, keeps all 4 only with the sources
+    targets, c, _ = curate_with_fallback(s_w, s_l, ["visual_quality"], drop, 10.0, min_pairs=4, sources=sources)
+    assert targets == ["temporal_consistency"] and c.kept == 4
+    assert curate_with_fallback(s_w, s_l, ["visual_quality"], drop, 10.0, min_pairs=4)[0] == ["visual_quality"]
+    # and the primary target is curated with them too
+    assert curate_with_fallback(s_w, s_l, ["temporal_consistency"], drop, 10.0, 4, sources)[1].kept == 4
+
+
 def test_alpha_floor_and_gap_rule_by_hand():
     # unpreferred VQ scores 1, 2, 3, 4: mean 2.5, std sqrt(1.25) = 1.118; floor at alpha 0.3 = 2.1646
     s_l = np.array([[1.0, 3, 3, 3], [2.0, 3, 3, 3], [3.0, 3, 3, 3], [4.0, 3, 3, 3]])
