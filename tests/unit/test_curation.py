@@ -67,6 +67,9 @@ def test_the_fallback_goes_by_the_drops_not_by_the_aspects_names():
     for missing in ({k: v for k, v in drop.items() if k != "visual_quality"}, {**drop, "visual_quality": 0.0}):
         targets, _, tried = curate_with_fallback(s_w, s_l, ["temporal_consistency"], missing, 10.0, min_pairs=4)
         assert targets == ["text_alignment"] and "visual_quality" not in tried
+        # nothing reaches 5: every aspect that dropped is tried, and only those
+        tried = curate_with_fallback(s_w, s_l, ["temporal_consistency"], missing, 10.0, min_pairs=5)[2]
+        assert tried == {"temporal_consistency": 0, "text_alignment": 4}
 
 
 def test_the_fallback_passes_the_rewards_shared_outputs_on():
@@ -79,8 +82,12 @@ def test_the_fallback_passes_the_rewards_shared_outputs_on():
     targets, c, _ = curate_with_fallback(s_w, s_l, ["visual_quality"], drop, 10.0, min_pairs=4, sources=sources)
     assert targets == ["temporal_consistency"] and c.kept == 4
     assert curate_with_fallback(s_w, s_l, ["visual_quality"], drop, 10.0, min_pairs=4)[0] == ["visual_quality"]
-    # and the primary target is curated with them too
-    assert curate_with_fallback(s_w, s_l, ["temporal_consistency"], drop, 10.0, 4, sources)[1].kept == 4
+    # and the primary target is curated with them too (it keeps its 4: nothing else is tried)
+    targets, c, tried = curate_with_fallback(s_w, s_l, ["temporal_consistency"], drop, 10.0, 4, sources)
+    assert targets == ["temporal_consistency"] and c.kept == 4 and tried == {"temporal_consistency": 4}
+    # several targets are tried as one, under one key
+    assert curate_with_fallback(s_w, s_l, ["temporal_consistency", "text_alignment"], drop, 10.0, 4, sources)[2] == \
+        {"temporal_consistency,text_alignment": 4}
 
 
 def test_alpha_floor_and_gap_rule_by_hand():
