@@ -163,8 +163,11 @@ def run_summary(run: RunDir, stages: list[int]) -> str:
             lines.append(f"stage {n}: removed {', '.join(sel['chosen'])} "
                          f"(denoiser {before:,} -> {after:,} parameters, {100 * (after - before) / before:+.1f}%)")
         if cur:
+            primary = cur.get("primary_targets", cur["targets"])
+            fallback = "" if primary == cur["targets"] else \
+                f" (the largest drop, {', '.join(SHORT[t] for t in primary)}, kept {cur['tried'][','.join(primary)]})"
             lines.append(f"  target {', '.join(SHORT[t] for t in cur['targets'])}: kept {cur['kept']} of "
-                         f"{cur['candidates']} candidate pairs")
+                         f"{cur['candidates']} candidate pairs{fallback}")
     found = [outcomes[n] for n in stages if n in outcomes]
     lines += ["", outcome_table(found), ""]
     lines += [recovery_line(o) for o in found]

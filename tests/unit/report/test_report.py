@@ -238,7 +238,12 @@ def test_the_run_ends_on_one_screen(tmp_path):
     lines = screen.splitlines()
     assert len(lines) < 25  # one screen
     assert lines[0].startswith("stage 1: removed up_blocks.2.motion_modules.1, down_blocks.0.motion_modules.0")
-    assert "target TC: kept 21 of 48 candidate pairs" in screen
+    assert "target TC: kept 21 of 48 candidate pairs\n" in screen + "\n"
+    c = json.loads((run / "stage1" / "curation.json").read_text())
+    c.update(targets=["visual_quality"], primary_targets=["temporal_consistency"], tried={"temporal_consistency": 2,
+                                                                                       "visual_quality": 21})
+    _w(run / "stage1" / "curation.json", c)
+    assert "target VQ: kept 21 of 48 candidate pairs (the largest drop, TC, kept 2)" in run_summary(RunDir(run), [1])
     assert "stage 1  ReDPO" in screen and f"report: {run / 'report.html'}" in screen
     # TC 2.8125 -> 3.1875 of the 0.4375 lost: +86%; total 9.456 -> 9.987 of 0.667: +80%
     assert recovery_line(OUTCOME) == ("stage 1: TC 2.812 -> 3.188 (+86% of the 0.438 lost); "
