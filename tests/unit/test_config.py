@@ -87,6 +87,12 @@ def test_k_per_stage_and_the_last_entry_after_it():
         config.load(None, ["select.k="])
     assert str(e.value) == ("config key 'select.k' needs the units removed per stage (e.g. 4, or 8,2 for stages 1, 2); "
                             "got nothing")
+    # the sign rules, word for word: at least 1 for ints, positive for floats, 0 or more for the rest
+    for override, message in (("train.lr=0", "config key 'train.lr' must be positive, got 0.0"),
+                              ("curate.alpha=-0.3", "config key 'curate.alpha' must be 0 or more, got -0.3")):
+        with pytest.raises(ConfigError) as e:
+            config.load(None, [override])
+        assert str(e.value) == message
     # list items of str keys stay strings, whatever YAML would read them as
     assert config.load(None, ["loo.units=true,1"]).loo.units == ["true", "1"]
     with pytest.raises(ConfigError, match="select.k.*at least 1, got 0"):
