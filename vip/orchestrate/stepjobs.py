@@ -266,8 +266,8 @@ def _pairs_task_done(ctx: StageContext, i: int) -> bool:
 def _run_pairs_and_curate(ctx: StageContext) -> None:
     if pairs.missing(ctx):
         local.run_pairs(ctx)
-    pairs.curate(ctx)
-    print(f"\nstage {ctx.stage}: curation\n{curation_summary(pairs.load(ctx))}\n", flush=True)
+    record = pairs.curate(ctx)
+    print(f"\nstage {ctx.stage}: curation\n{curation_summary(record)}\n", flush=True)
 
 
 LOO = ArrayStep(loo.missing, lambda ctx, i: loo.run_task(ctx, i), lambda ctx, i: loo.shards(ctx).is_done(i),
